@@ -1,0 +1,68 @@
+# The two commands a user needs are `make demo` and `make test`; every target sets up
+# what it needs (.venv, node_modules, the solc shim) and skips work already done.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SOLC_VERSION := 0.8.28
+ARCH := $(subst x86_64,amd64,$(subst aarch64,arm64,$(shell uname -m)))
+FOUNDRY_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-$(ARCH)/bin
+FORGE_BIN := $(CURDIR)/node_modules/@foundry-rs/forge-linux-$(ARCH)/bin
+
+# py-solc-x (and through it ape-solidity) looks for solc-v<version> here; ape-foundry
+# starts the first `anvil` on PATH, which must be the platform binary, not the npm wrapper.
+export SOLCX_BINARY_PATH := $(CURDIR)/.solcx
+export PATH := $(FOUNDRY_BIN):$(FORGE_BIN):$(CURDIR)/$(BIN):$(PATH)
+
+VENV_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+SOLC_SHIM := .solcx/solc-v$(SOLC_VERSION)
+BUILD_STAMP := .build/__local__.json
+
+.PHONY: setup compile demo test test-python test-contracts test-devnet lint bench clean
+
+setup: $(VENV_STAMP) $(NODE_STAMP) $(SOLC_SHIM)
+
+$(VENV_STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# A native solc of the pinned version wins; otherwise solc-js runs through our shim.
+$(SOLC_SHIM): $(NODE_STAMP) toolchain/install-solc.sh
+	toolchain/install-solc.sh $(SOLC_VERSION) $@
+
+$(BUILD_STAMP): setup ape-config.yaml $(shell find contracts -name '*.sol' -not -path '*/.cache/*')
+	$(BIN)/ape compile
+	touch $@
+
+compile: $(BUILD_STAMP)
+
+demo: compile
+	$(BIN)/posaudit demo
+
+lint: setup
+	$(BIN)/ruff check posaudit tests scripts
+	$(BIN)/ruff format --check posaudit tests scripts
+
+test-python: setup
+	$(BIN)/pytest -q -p no:ape_test tests/python
+
+test-contracts: compile
+	$(BIN)/ape test tests/contracts -q
+
+test-devnet: compile
+	$(BIN)/ape test tests/contracts -q --network ethereum:local:foundry
+
+test: lint test-python test-contracts test-devnet
+
+bench: compile
+	$(BIN)/posaudit bench
+
+clean:
+	rm -rf .build contracts/.cache out

@@ -1,0 +1,90 @@
+"""Every error posaudit raises on purpose derives from :class:`PosauditError`.
+
+Messages are whole sentences that quote the offending value and, where there is one,
+say how to fix it, so that a terminal operator or an auditor can act on them directly.
+"""
+
+
+class PosauditError(Exception):
+    """Root of all posaudit errors."""
+
+
+class RecordError(PosauditError):
+    """A settlement record is malformed or a field is out of range."""
+
+
+class FieldRangeError(RecordError, ValueError):
+    """A record field lies outside its allowed range.
+
+    Attributes:
+        field: Name of the offending field.
+        value: The value that was given.
+        allowed: Human-readable description of the allowed range.
+    """
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"Field {field!r} is {value!r}; allowed: {allowed}.")
+
+
+class EncodingError(RecordError, ValueError):
+    """Bytes do not decode to a settlement record."""
+
+
+class SignatureError(PosauditError):
+    """A terminal's signature or key cannot be trusted."""
+
+
+class BadSignatureError(SignatureError):
+    """The signature does not verify against the terminal's registered key."""
+
+
+class UnknownTerminalError(SignatureError, LookupError):
+    """No key is registered for the terminal."""
+
+
+class KeyTooSmallError(SignatureError, ValueError):
+    """An RSA key is shorter than the 2048 bits posaudit requires."""
+
+
+class MalformedKeyError(SignatureError, ValueError):
+    """Key material cannot be parsed (wrong format, wrong passphrase, not RSA)."""
+
+
+class AuditTreeError(PosauditError, ValueError):
+    """An audit-tree argument or proof is invalid."""
+
+
+class ProofError(AuditTreeError):
+    """A proof is malformed: wrong length, index or size out of range."""
+
+
+class RootMismatchError(AuditTreeError):
+    """A proof is well formed but leads to another root.
+
+    Attributes:
+        expected: The trusted root.
+        computed: The root the proof leads to.
+    """
+
+    def __init__(self, expected: bytes, computed: bytes) -> None:
+        self.expected = expected
+        self.computed = computed
+        super().__init__(
+            f"Proof leads to root {computed.hex()}, but the trusted root is "
+            f"{expected.hex()}."
+        )
+
+
+class ChainError(PosauditError):
+    """The chain node or a contract call failed."""
+
+
+class DevnetError(ChainError):
+    """The local anvil devnet could not be started or stopped."""
+
+
+class BlockRejectedError(ChainError):
+    """The Ledger refused a settlement block (a custom error from the contract)."""
