@@ -1,0 +1,110 @@
+"""Deploy the TerminalRegistry and the Ledger with web3.py and wire their roles."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from web3 import Web3
+from web3.contract import Contract
+
+from posaudit.chain.artifacts import load_contract_type
+from posaudit.exceptions import ChainError
+
+log = logging.getLogger(__name__)
+
+OPERATOR_ROLE = Web3.keccak(text="OPERATOR_ROLE")
+BOOKKEEPER_ROLE = Web3.keccak(text="BOOKKEEPER_ROLE")
+
+# Any block hash meets this target: the devnet default, so that tests need no nonce
+# search. Operators raise the difficulty with Ledger.setTarget.
+EASIEST_TARGET = 2**256 - 1
+
+
+def connect(rpc_url: str, timeout: float = 30.0) -> Web3:
+    """A Web3 over HTTP to ``rpc_url``.
+
+    Raises:
+        ChainError: The node does not answer.
+    """
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    if not w3.is_connected():
+        raise ChainError(f"No Ethereum node answers at {rpc_url}.")
+
+    return w3
+
+
+def contract_at(w3: Web3, name: str, address: str) -> Contract:
+    """Bind the compiled ``name`` ABI to ``address``."""
+    return w3.eth.contract(address=Web3.to_checksum_address(address),
+                           abi=load_contract_type(name).abi)  # fmt: skip
+
+
+def transact(w3: Web3, call: Any, sender: str, gas: int | None = None) -> Any:
+    """Send a contract call from an unlocked ``sender`` and wait for success.
+
+    Raises:
+        ChainError: The transaction reverted.
+    """
+    params: dict[str, Any] = {"from": sender}
+    if gas is not None:
+        params["gas"] = gas
+
+    receipt = w3.eth.wait_for_transaction_receipt(call.transact(params))
+    if receipt["status"] != 1:
+        raise ChainError(f"Transaction {receipt['transactionHash'].hex()} reverted.")
+
+    return receipt
+
+
+def _deploy_one(w3: Web3, name: str, sender: str, *args: Any) -> Contract:
+    contract_type = load_contract_type(name)
+    factory = w3.eth.contract(abi=contract_type.abi, bytecode=contract_type.bytecode)
+    receipt = transact(w3, factory.constructor(*args), sender)
+    log.info("contract deployed", extra={"contract": name,
+                                         "address": receipt["contractAddress"]})  # fmt: skip
+    return contract_at(w3, name, receipt["contractAddress"])
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Addresses of one posaudit deployment."""
+
+    chain_id: int
+    registry: str
+    ledger: str
+    currency: str
+
+    def save(self, path: Path) -> None:
+        """Write the deployment as JSON (what the other commands read)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Deployment:
+        """Read a deployment written by :meth:`save`."""
+        return cls(**json.loads(path.read_text()))
+
+
+def deploy(
+    w3: Web3,
+    admin: str,
+    bookkeeper: str,
+    currency: str = "EUR",
+    target: int = EASIEST_TARGET,
+) -> Deployment:
+    """Deploy the registry and the Ledger; ``admin`` operates, ``bookkeeper`` appends."""
+    registry = _deploy_one(w3, "TerminalRegistry", admin, admin)
+    ledger = _deploy_one(
+        w3, "Ledger", admin, admin, registry.address, currency.encode("ascii"), target
+    )
+    transact(w3, ledger.functions.grantRole(BOOKKEEPER_ROLE, bookkeeper), admin)
+    return Deployment(
+        chain_id=w3.eth.chain_id,
+        registry=registry.address,
+        ledger=ledger.address,
+        currency=currency,
+    )

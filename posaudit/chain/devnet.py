@@ -1,0 +1,180 @@
+"""A local anvil devnet: started on loopback on a free port, stopped cleanly.
+
+The platform binary from ``node_modules/@foundry-rs/anvil-linux-*`` is run directly,
+because killing the npm wrapper leaves the real node running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from posaudit.exceptions import DevnetError
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def anvil_binary() -> Path:
+    """Locate the anvil platform binary: ``$POSAUDIT_ANVIL`` or ``node_modules``.
+
+    Raises:
+        DevnetError: No binary found; ``make setup`` installs it.
+    """
+    if override := os.environ.get("POSAUDIT_ANVIL"):
+        return Path(override)
+
+    arch = _ARCH.get(platform.machine(), platform.machine())
+    binary = PROJECT_ROOT / f"node_modules/@foundry-rs/anvil-linux-{arch}/bin/anvil"
+    if not binary.is_file():
+        raise DevnetError(f"anvil not found at {binary}; run `make setup` first.")
+
+    return binary
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Devnet:
+    """An anvil process owned by this object.
+
+    Args:
+        port: Port to listen on; a free one when omitted.
+        block_time: Seconds between mined blocks; automine when omitted.
+        accounts: Number of funded, unlocked dev accounts.
+        state: File to load state from and dump it to on exit (``--state``).
+        startup_timeout: Seconds to wait for the node to answer.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        block_time: float | None = None,
+        accounts: int = 10,
+        state: Path | None = None,
+        startup_timeout: float = 15.0,
+    ) -> None:
+        self.port = port or free_port()
+        self.block_time = block_time
+        self.accounts = accounts
+        self.state = state
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def rpc_url(self) -> str:
+        """HTTP JSON-RPC endpoint of the node."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def _command(self) -> list[str]:
+        command = [
+            str(anvil_binary()),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--accounts", str(self.accounts),
+            "--silent",
+        ]  # fmt: skip
+        if self.block_time is not None:
+            command += ["--block-time", str(self.block_time)]
+
+        if self.state is not None:
+            command += ["--state", str(self.state)]
+
+        return command
+
+    def start(self) -> str:
+        """Start anvil and wait until it answers ``eth_chainId``.
+
+        Returns:
+            The RPC URL.
+
+        Raises:
+            DevnetError: anvil exited or did not answer in time.
+        """
+        if self._process is not None:
+            return self.rpc_url
+
+        self._process = subprocess.Popen(
+            self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                stderr = self._process.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
+                self._process = None
+                raise DevnetError(f"anvil exited at start-up: {stderr.strip()[-500:]}")
+
+            if self._answers():
+                log.info("devnet started", extra={"rpc_url": self.rpc_url})
+                return self.rpc_url
+
+            time.sleep(0.05)
+
+        self.stop()
+        raise DevnetError(
+            f"anvil did not answer on {self.rpc_url} within {self.startup_timeout} s."
+        )
+
+    def _answers(self) -> bool:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}).encode()
+        request = urllib.request.Request(
+            self.rpc_url, body, {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=1) as reply:
+                return "result" in json.load(reply)
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop anvil with SIGTERM (so it dumps ``state``), SIGKILL if it hangs."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+        if process.stderr is not None:
+            process.stderr.close()
+
+        log.info("devnet stopped", extra={"rpc_url": self.rpc_url})
+
+    def kill(self) -> None:
+        """Kill anvil with SIGKILL, as a crash would."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def __enter__(self) -> Devnet:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

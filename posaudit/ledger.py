@@ -1,0 +1,182 @@
+"""Ledger client: operator actions and the bookkeeper's append, over web3.py."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from web3 import Web3
+from web3.contract import Contract
+from web3.logs import DISCARD
+
+from posaudit.blocks import BlockHeader, build_header
+from posaudit.chain.deploy import Deployment, contract_at, transact
+from posaudit.records import SignedRecord
+from posaudit.rules import StatusCode
+from posaudit.signing import public_numbers
+
+log = logging.getLogger(__name__)
+
+# Measured on anvil: a 256-record block uses about 3.3M gas; 13,000 gas per record
+# plus the fixed part leaves room for the rules' worst path.
+GAS_PER_RECORD = 40_000
+GAS_PER_BLOCK = 200_000
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """What the Ledger decided for one record of a block."""
+
+    index: int
+    terminal_id: str
+    sequence: int
+    code: StatusCode
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """A block accepted by the Ledger and the outcome of each of its records."""
+
+    header: BlockHeader
+    block_hash: bytes
+    height: int
+    gas_used: int
+    transaction_hash: bytes
+    outcomes: tuple[RecordOutcome, ...]
+
+
+def terminal_bytes(terminal_id: str) -> bytes:
+    """A terminal id as the contracts' ``bytes8``."""
+    return terminal_id.encode("ascii")
+
+
+class LedgerClient:
+    """The TerminalRegistry and Ledger of one deployment, seen through web3.py.
+
+    Args:
+        w3: Connection to the node.
+        deployment: Addresses of the contracts.
+        operator: Unlocked account with the operator role.
+        bookkeeper: Unlocked account with the bookkeeper role.
+    """
+
+    def __init__(
+        self, w3: Web3, deployment: Deployment, operator: str, bookkeeper: str
+    ) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.operator = operator
+        self.bookkeeper = bookkeeper
+        self.registry: Contract = contract_at(w3, "TerminalRegistry", deployment.registry)
+        self.ledger: Contract = contract_at(w3, "Ledger", deployment.ledger)
+
+    def register_terminal(
+        self, terminal_id: str, merchant: str, key: rsa.RSAPublicKey
+    ) -> None:
+        """Register a terminal with its merchant and RSA public key."""
+        numbers = public_numbers(key)
+        call = self.registry.functions.registerTerminal(
+            terminal_bytes(terminal_id),
+            Web3.to_checksum_address(merchant),
+            numbers.modulus,
+            numbers.exponent,
+        )
+        transact(self.w3, call, self.operator)
+
+    def deactivate_terminal(self, terminal_id: str) -> None:
+        """Deactivate a terminal; its later records are rejected."""
+        call = self.registry.functions.deactivateTerminal(terminal_bytes(terminal_id))
+        transact(self.w3, call, self.operator)
+
+    def open_account(
+        self, payer: str, daily_limit: int, birth_date: int = 0, kyc: bool = True
+    ) -> None:
+        """Open a payer account (``birth_date`` as yyyymmdd, 0 if unknown)."""
+        call = self.ledger.functions.openAccount(
+            Web3.to_checksum_address(payer), daily_limit, birth_date, kyc
+        )
+        transact(self.w3, call, self.operator)
+
+    def update_account(self, payer: str, daily_limit: int, kyc: bool, frozen: bool) -> None:
+        """Change a payer's daily limit, KYC status and frozen flag."""
+        call = self.ledger.functions.updateAccount(
+            Web3.to_checksum_address(payer), daily_limit, kyc, frozen
+        )
+        transact(self.w3, call, self.operator)
+
+    def deposit(self, payer: str, amount: int) -> None:
+        """Credit ``amount`` minor units to a payer."""
+        call = self.ledger.functions.deposit(Web3.to_checksum_address(payer), amount)
+        transact(self.w3, call, self.operator)
+
+    def set_minimum_age(self, goods_category: int, age: int) -> None:
+        """Set the minimum payer age for a goods category."""
+        transact(self.w3, self.ledger.functions.setMinimumAge(goods_category, age),
+                 self.operator)  # fmt: skip
+
+    def balance_of(self, payer: str) -> int:
+        """A payer's balance in minor units."""
+        account = self.ledger.functions.accountOf(Web3.to_checksum_address(payer)).call()
+        return int(account[0])
+
+    def held_for(self, merchant: str) -> int:
+        """The amount held for a merchant until the audit releases it."""
+        return int(self.ledger.functions.heldFor(Web3.to_checksum_address(merchant)).call())
+
+    def head(self) -> tuple[bytes, int]:
+        """Hash and height of the newest block."""
+        block_hash, height = self.ledger.functions.head().call()
+        return bytes(block_hash), int(height)
+
+    def _next_header(self, leaves: Sequence[bytes]) -> BlockHeader:
+        prev_hash, _ = self.head()
+        parent = self.ledger.functions.blockOf(prev_hash).call()
+        now = int(self.w3.eth.get_block("latest")["timestamp"])
+        timestamp = max(now, int(parent[3]))
+        target = int(self.ledger.functions.target().call())
+        return build_header(prev_hash, leaves, timestamp, target)
+
+    def append(self, records: Sequence[SignedRecord]) -> AppendResult:
+        """Put ``records`` on chain as one settlement block and read the outcomes.
+
+        Raises:
+            ChainError: The Ledger refused the block.
+        """
+        leaves = [signed.leaf for signed in records]
+        header = self._next_header(leaves)
+        call = self.ledger.functions.appendBlock(header.as_tuple(), b"".join(leaves))
+        gas = GAS_PER_BLOCK + GAS_PER_RECORD * len(records)
+        receipt = transact(self.w3, call, self.bookkeeper, gas=gas)
+        result = self._result(header, receipt)
+        log.info("block appended", extra={"block_hash": result.block_hash.hex(),
+                                          "records": len(records),
+                                          "gas_used": result.gas_used})  # fmt: skip
+        return result
+
+    def _result(self, header: BlockHeader, receipt: Any) -> AppendResult:
+        events = self.ledger.events
+        validated = events.BlockValidated().process_receipt(receipt)[0]["args"]
+        outcomes = [
+            RecordOutcome(args["index"], bytes(args["terminalId"]).decode("ascii"),
+                          args["sequence"], StatusCode.APPROVED)
+            for args in _args(events.TransactionApproved(), receipt)
+        ] + [
+            RecordOutcome(args["index"], bytes(args["terminalId"]).decode("ascii"),
+                          args["sequence"], StatusCode(args["code"]))
+            for args in _args(events.TransactionRejected(), receipt)
+        ]  # fmt: skip
+        return AppendResult(
+            header=header,
+            block_hash=bytes(validated["blockHash"]),
+            height=int(validated["height"]),
+            gas_used=int(receipt["gasUsed"]),
+            transaction_hash=bytes(receipt["transactionHash"]),
+            outcomes=tuple(sorted(outcomes, key=lambda outcome: outcome.index)),
+        )
+
+
+def _args(event: Any, receipt: Any) -> list[Any]:
+    return [entry["args"] for entry in event.process_receipt(receipt, errors=DISCARD)]
