@@ -52,7 +52,8 @@ contract Ledger is ILedger, AccessControl, Pausable {
     uint256 private _target;
 
     mapping(bytes32 blockHash => StoredBlock) private _blocks;
-    mapping(bytes32 blockHash => mapping(uint256 word => uint256 bits)) private _approvedBits;
+    // Rejections are the exception, so a block whose records all pass writes no bitmap.
+    mapping(bytes32 blockHash => mapping(uint256 word => uint256 bits)) private _rejectedBits;
     mapping(address payer => Account) private _accounts;
     mapping(address merchant => uint256) private _held;
     mapping(bytes8 terminalId => uint64) private _lastSequence;
@@ -174,7 +175,8 @@ contract Ledger is ILedger, AccessControl, Pausable {
 
     /// @notice Whether record `index` of block `blockHash` was approved.
     function isApproved(bytes32 blockHash, uint256 index) external view returns (bool) {
-        return _approvedBits[blockHash][index >> 8] & (1 << (index & 0xff)) != 0;
+        if (index >= _blocks[blockHash].recordCount) return false;
+        return _rejectedBits[blockHash][index >> 8] & (1 << (index & 0xff)) == 0;
     }
 
     /// @notice The account of `payer`.
@@ -254,12 +256,12 @@ contract Ledger is ILedger, AccessControl, Pausable {
             SettlementRecords.Record memory record = _leafAt(leaves, i).decode();
             StatusCode code = _applyRules(record, clock);
             if (code == StatusCode.Approved) {
-                bits |= 1 << (i & 0xff);
                 emit TransactionApproved(
                     record.terminalId, record.payer, record.merchant, blockHash, uint32(i),
                     record.sequence, record.amount
                 );
             } else {
+                bits |= 1 << (i & 0xff);
                 emit TransactionRejected(
                     record.terminalId, record.payer, code, blockHash, uint32(i),
                     record.sequence, record.amount
@@ -267,7 +269,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
             }
 
             if (i & 0xff == 0xff || i + 1 == count) {
-                if (bits != 0) _approvedBits[blockHash][i >> 8] = bits;
+                if (bits != 0) _rejectedBits[blockHash][i >> 8] = bits;
                 bits = 0;
             }
         }

@@ -54,8 +54,15 @@ class BlockHeader:
 
     def as_tuple(self) -> tuple[int, bytes, bytes, int, int, int, int]:
         """Fields in the order of the Solidity struct ``ILedger.BlockHeader``."""
-        return (self.version, self.prev_hash, self.records_root, self.record_count,
-                self.timestamp, self.target, self.nonce)  # fmt: skip
+        return (
+            self.version,
+            self.prev_hash,
+            self.records_root,
+            self.record_count,
+            self.timestamp,
+            self.target,
+            self.nonce,
+        )
 
 
 class NonceNotFoundError(PosauditError):

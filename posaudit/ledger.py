@@ -20,12 +20,6 @@ from posaudit.signing import public_numbers
 
 log = logging.getLogger(__name__)
 
-# Measured on anvil: a 256-record block uses about 3.3M gas; 13,000 gas per record
-# plus the fixed part leaves room for the rules' worst path.
-GAS_PER_RECORD = 40_000
-GAS_PER_BLOCK = 200_000
-
-
 @dataclass(frozen=True)
 class RecordOutcome:
     """What the Ledger decided for one record of a block."""
@@ -43,6 +37,7 @@ class AppendResult:
     header: BlockHeader
     block_hash: bytes
     height: int
+    block_number: int
     gas_used: int
     transaction_hash: bytes
     outcomes: tuple[RecordOutcome, ...]
@@ -70,7 +65,9 @@ class LedgerClient:
         self.deployment = deployment
         self.operator = operator
         self.bookkeeper = bookkeeper
-        self.registry: Contract = contract_at(w3, "TerminalRegistry", deployment.registry)
+        self.registry: Contract = contract_at(
+            w3, "TerminalRegistry", deployment.registry
+        )
         self.ledger: Contract = contract_at(w3, "Ledger", deployment.ledger)
 
     def register_terminal(
@@ -100,7 +97,9 @@ class LedgerClient:
         )
         transact(self.w3, call, self.operator)
 
-    def update_account(self, payer: str, daily_limit: int, kyc: bool, frozen: bool) -> None:
+    def update_account(
+        self, payer: str, daily_limit: int, kyc: bool, frozen: bool
+    ) -> None:
         """Change a payer's daily limit, KYC status and frozen flag."""
         call = self.ledger.functions.updateAccount(
             Web3.to_checksum_address(payer), daily_limit, kyc, frozen
@@ -114,17 +113,24 @@ class LedgerClient:
 
     def set_minimum_age(self, goods_category: int, age: int) -> None:
         """Set the minimum payer age for a goods category."""
-        transact(self.w3, self.ledger.functions.setMinimumAge(goods_category, age),
-                 self.operator)  # fmt: skip
+        transact(
+            self.w3,
+            self.ledger.functions.setMinimumAge(goods_category, age),
+            self.operator,
+        )
 
     def balance_of(self, payer: str) -> int:
         """A payer's balance in minor units."""
-        account = self.ledger.functions.accountOf(Web3.to_checksum_address(payer)).call()
+        account = self.ledger.functions.accountOf(
+            Web3.to_checksum_address(payer)
+        ).call()
         return int(account[0])
 
     def held_for(self, merchant: str) -> int:
         """The amount held for a merchant until the audit releases it."""
-        return int(self.ledger.functions.heldFor(Web3.to_checksum_address(merchant)).call())
+        return int(
+            self.ledger.functions.heldFor(Web3.to_checksum_address(merchant)).call()
+        )
 
     def head(self) -> tuple[bytes, int]:
         """Hash and height of the newest block."""
@@ -148,30 +154,43 @@ class LedgerClient:
         leaves = [signed.leaf for signed in records]
         header = self._next_header(leaves)
         call = self.ledger.functions.appendBlock(header.as_tuple(), b"".join(leaves))
-        gas = GAS_PER_BLOCK + GAS_PER_RECORD * len(records)
-        receipt = transact(self.w3, call, self.bookkeeper, gas=gas)
+        receipt = transact(self.w3, call, self.bookkeeper)
         result = self._result(header, receipt)
-        log.info("block appended", extra={"block_hash": result.block_hash.hex(),
-                                          "records": len(records),
-                                          "gas_used": result.gas_used})  # fmt: skip
+        log.info(
+            "block appended",
+            extra={
+                "block_hash": result.block_hash.hex(),
+                "records": len(records),
+                "gas_used": result.gas_used,
+            },
+        )
         return result
 
     def _result(self, header: BlockHeader, receipt: Any) -> AppendResult:
         events = self.ledger.events
         validated = events.BlockValidated().process_receipt(receipt)[0]["args"]
         outcomes = [
-            RecordOutcome(args["index"], bytes(args["terminalId"]).decode("ascii"),
-                          args["sequence"], StatusCode.APPROVED)
+            RecordOutcome(
+                args["index"],
+                bytes(args["terminalId"]).decode("ascii"),
+                args["sequence"],
+                StatusCode.APPROVED,
+            )
             for args in _args(events.TransactionApproved(), receipt)
         ] + [
-            RecordOutcome(args["index"], bytes(args["terminalId"]).decode("ascii"),
-                          args["sequence"], StatusCode(args["code"]))
+            RecordOutcome(
+                args["index"],
+                bytes(args["terminalId"]).decode("ascii"),
+                args["sequence"],
+                StatusCode(args["code"]),
+            )
             for args in _args(events.TransactionRejected(), receipt)
-        ]  # fmt: skip
+        ]
         return AppendResult(
             header=header,
             block_hash=bytes(validated["blockHash"]),
             height=int(validated["height"]),
+            block_number=int(receipt["blockNumber"]),
             gas_used=int(receipt["gasUsed"]),
             transaction_hash=bytes(receipt["transactionHash"]),
             outcomes=tuple(sorted(outcomes, key=lambda outcome: outcome.index)),

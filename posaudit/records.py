@@ -11,9 +11,9 @@ byte with the Solidity library ``SettlementRecords``: big-endian, packed, 133 by
         52    8 sequence         terminal sequence number, strictly increasing
         60   20 payer            payer account
         80   20 merchant         merchant account
-       100    8 amount           minor units, 1 <= amount <= 2**63 - 1
+       100    8 amount           minor units, 1 <= amount < 2**63
        108    3 currency         ISO 4217 alphabetic code
-       111    8 timestamp        seconds since the Unix epoch, when the payment was taken
+       111    8 timestamp        when the payment was taken, Unix seconds
        119    8 valid_until      lock time: the record may not settle after it
        127    2 goods_category   index into the Ledger's age rules
        129    4 operator_id      cashier or operator at the terminal
@@ -56,7 +56,11 @@ _TERMINAL_ID = re.compile(r"^[\x21-\x7e]{8}$")
 
 
 def _check_uint(name: str, value: object, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not low <= value <= high
+    ):
         raise FieldRangeError(name, value, f"an integer from {low} to {high}")
 
     return value
@@ -169,10 +173,21 @@ def decode_record(data: bytes) -> SettlementRecord:
             f"A settlement record is {RECORD_LENGTH} bytes, got {len(data)}."
         )
 
-    (chain_id, ledger, record_id, terminal_id, sequence, payer, merchant, amount,
-     currency, timestamp, valid_until, goods_category, operator_id) = _LAYOUT.unpack(
-        data
-    )  # fmt: skip
+    (
+        chain_id,
+        ledger,
+        record_id,
+        terminal_id,
+        sequence,
+        payer,
+        merchant,
+        amount,
+        currency,
+        timestamp,
+        valid_until,
+        goods_category,
+        operator_id,
+    ) = _LAYOUT.unpack(data)
     try:
         terminal, code = terminal_id.decode("ascii"), currency.decode("ascii")
     except UnicodeDecodeError as err:

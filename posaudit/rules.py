@@ -148,7 +148,9 @@ class LedgerModel:
             account.birth_date % 100,
         )
         today = dt.datetime.fromtimestamp(now, dt.UTC).date()
-        age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        age = (
+            today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        )
         return age >= minimum
 
     @staticmethod

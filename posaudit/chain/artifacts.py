@@ -1,4 +1,4 @@
-"""Compiled contract types, read from ape's build manifest (``.build/__local__.json``)."""
+"""Compiled contract types, read from ape's manifest ``.build/__local__.json``."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ class ContractType:
 
 def manifest_path() -> Path:
     """``$POSAUDIT_BUILD`` or the project's ``.build/__local__.json``."""
-    return Path(os.environ.get("POSAUDIT_BUILD", PROJECT_ROOT / ".build/__local__.json"))
+    return Path(
+        os.environ.get("POSAUDIT_BUILD", PROJECT_ROOT / ".build/__local__.json")
+    )
 
 
 @cache
@@ -46,7 +48,9 @@ def load_contract_type(name: str) -> ContractType:
     """
     types = _manifest(manifest_path()).get("contractTypes", {})
     if name not in types:
-        raise ChainError(f"Contract {name!r} is not in the build; known: {sorted(types)}.")
+        raise ChainError(
+            f"Contract {name!r} is not in the build; known: {sorted(types)}."
+        )
 
     entry = types[name]
     bytecode = (entry.get("deploymentBytecode") or {}).get("bytecode", "0x")

@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from eth_abi import decode as abi_decode
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import ContractCustomError
 
 from posaudit.chain.artifacts import load_contract_type
 from posaudit.exceptions import ChainError
@@ -39,33 +41,75 @@ def connect(rpc_url: str, timeout: float = 30.0) -> Web3:
 
 def contract_at(w3: Web3, name: str, address: str) -> Contract:
     """Bind the compiled ``name`` ABI to ``address``."""
-    return w3.eth.contract(address=Web3.to_checksum_address(address),
-                           abi=load_contract_type(name).abi)  # fmt: skip
+    return w3.eth.contract(
+        address=Web3.to_checksum_address(address), abi=load_contract_type(name).abi
+    )
+
+
+def decode_error(abi: list[dict[str, Any]], data: str | bytes) -> str:
+    """Name and arguments of a custom error from its revert data, as text."""
+    raw = bytes.fromhex(data[2:]) if isinstance(data, str) else bytes(data)
+    for entry in abi:
+        if entry.get("type") != "error":
+            continue
+
+        types = [item["type"] for item in entry["inputs"]]
+        signature = f"{entry['name']}({','.join(types)})"
+        if Web3.keccak(text=signature)[:4] == raw[:4]:
+            values = abi_decode(types, raw[4:])
+            shown = [f"0x{v.hex()}" if isinstance(v, bytes) else str(v) for v in values]
+            return f"{entry['name']}({', '.join(shown)})"
+
+    return f"unknown error 0x{raw.hex()}"
 
 
 def transact(w3: Web3, call: Any, sender: str, gas: int | None = None) -> Any:
     """Send a contract call from an unlocked ``sender`` and wait for success.
 
     Raises:
-        ChainError: The transaction reverted.
+        ChainError: The transaction reverted; the message names the custom error.
     """
     params: dict[str, Any] = {"from": sender}
     if gas is not None:
         params["gas"] = gas
 
-    receipt = w3.eth.wait_for_transaction_receipt(call.transact(params))
+    try:
+        receipt = w3.eth.wait_for_transaction_receipt(call.transact(params))
+    except ContractCustomError as err:
+        reason = decode_error(call.contract_abi, err.data)
+        raise ChainError(f"{call.fn_name} reverted: {reason}.") from err
+
     if receipt["status"] != 1:
-        raise ChainError(f"Transaction {receipt['transactionHash'].hex()} reverted.")
+        raise ChainError(
+            f"Transaction {receipt['transactionHash'].hex()} ({call.fn_name}) reverted "
+            f"after {receipt['gasUsed']:,} of {params.get('gas', 'estimated')} gas: "
+            f"{_replay(call, params)}"
+        )
 
     return receipt
 
 
-def _deploy_one(w3: Web3, name: str, sender: str, *args: Any) -> Contract:
+def _replay(call: Any, params: dict[str, Any]) -> str:
+    """Why a mined transaction reverted, found by running it again as a call."""
+    try:
+        call.call(params)
+    except ContractCustomError as err:
+        return decode_error(call.contract_abi, err.data)
+    except Exception as err:
+        return str(err)
+
+    return "it succeeds when replayed, so it ran out of gas or lost a race."
+
+
+def deploy_contract(w3: Web3, name: str, sender: str, *args: Any) -> Contract:
+    """Deploy the compiled ``name`` with constructor ``args`` from ``sender``."""
     contract_type = load_contract_type(name)
     factory = w3.eth.contract(abi=contract_type.abi, bytecode=contract_type.bytecode)
     receipt = transact(w3, factory.constructor(*args), sender)
-    log.info("contract deployed", extra={"contract": name,
-                                         "address": receipt["contractAddress"]})  # fmt: skip
+    log.info(
+        "contract deployed",
+        extra={"contract": name, "address": receipt["contractAddress"]},
+    )
     return contract_at(w3, name, receipt["contractAddress"])
 
 
@@ -96,9 +140,13 @@ def deploy(
     currency: str = "EUR",
     target: int = EASIEST_TARGET,
 ) -> Deployment:
-    """Deploy the registry and the Ledger; ``admin`` operates, ``bookkeeper`` appends."""
-    registry = _deploy_one(w3, "TerminalRegistry", admin, admin)
-    ledger = _deploy_one(
+    """Deploy the registry and the Ledger; ``admin`` operates, ``bookkeeper`` appends.
+
+    Returns:
+        The addresses, chain id and currency of the new deployment.
+    """
+    registry = deploy_contract(w3, "TerminalRegistry", admin, admin)
+    ledger = deploy_contract(
         w3, "Ledger", admin, admin, registry.address, currency.encode("ascii"), target
     )
     transact(w3, ledger.functions.grantRole(BOOKKEEPER_ROLE, bookkeeper), admin)

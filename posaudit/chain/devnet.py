@@ -85,11 +85,14 @@ class Devnet:
     def _command(self) -> list[str]:
         command = [
             str(anvil_binary()),
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--accounts", str(self.accounts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--accounts",
+            str(self.accounts),
             "--silent",
-        ]  # fmt: skip
+        ]
         if self.block_time is not None:
             command += ["--block-time", str(self.block_time)]
 

@@ -58,22 +58,30 @@ def terminal_keys() -> dict[str, rsa.RSAPrivateKey]:
 
 
 @pytest.fixture(scope="session")
-def registry(project: Any, owner: Any, merchant: Any, other_merchant: Any,
-             terminal_keys: dict[str, rsa.RSAPrivateKey]) -> Any:  # fmt: skip
+def registry(
+    project: Any,
+    owner: Any,
+    merchant: Any,
+    other_merchant: Any,
+    terminal_keys: dict[str, rsa.RSAPrivateKey],
+) -> Any:
     registry = project.TerminalRegistry.deploy(owner, sender=owner)
     for terminal_id, key in terminal_keys.items():
         numbers = public_numbers(key.public_key())
         shop = merchant if terminal_id == "TERM0001" else other_merchant
-        registry.registerTerminal(terminal_id.encode(), shop, numbers.modulus,
-                                  numbers.exponent, sender=owner)  # fmt: skip
+        registry.registerTerminal(
+            terminal_id.encode(), shop, numbers.modulus, numbers.exponent, sender=owner
+        )
     return registry
 
 
 @pytest.fixture(scope="session")
-def ledger(project: Any, owner: Any, bookkeeper: Any, registry: Any,
-           payers: list[str]) -> Any:  # fmt: skip
-    ledger = project.Ledger.deploy(owner, registry, CURRENCY.encode(), EASIEST_TARGET,
-                                   sender=owner)  # fmt: skip
+def ledger(
+    project: Any, owner: Any, bookkeeper: Any, registry: Any, payers: list[str]
+) -> Any:
+    ledger = project.Ledger.deploy(
+        owner, registry, CURRENCY.encode(), EASIEST_TARGET, sender=owner
+    )
     ledger.grantRole(ledger.BOOKKEEPER_ROLE(), bookkeeper, sender=owner)
     for payer in payers:
         ledger.openAccount(payer, 50_000, 1990_05_17, True, sender=owner)
@@ -87,9 +95,12 @@ def domain(chain: Any, ledger: Any) -> Domain:
 
 
 @pytest.fixture
-def make_record(domain: Domain, payers: list[str], merchant: Any,
-                terminal_keys: dict[str, rsa.RSAPrivateKey]
-                ) -> Callable[..., SignedRecord]:  # fmt: skip
+def make_record(
+    domain: Domain,
+    payers: list[str],
+    merchant: Any,
+    terminal_keys: dict[str, rsa.RSAPrivateKey],
+) -> Callable[..., SignedRecord]:
     """Factory: a record signed by its terminal; sequence numbers count up per test."""
     sequences = {terminal_id: itertools.count(1) for terminal_id in terminal_keys}
 
@@ -137,18 +148,24 @@ def append(chain: Any, ledger: Any, bookkeeper: Any) -> Callable[..., Appended]:
         prev_hash = bytes(ledger.head()[0])
         return build_header(prev_hash, leaves, at, int(ledger.target()))
 
-    def factory(records: Sequence[SignedRecord], at: int | None = None,
-                header: BlockHeader | None = None, leaves: bytes | None = None,
-                sender: Any = None) -> Appended:  # fmt: skip
+    def factory(
+        records: Sequence[SignedRecord],
+        at: int | None = None,
+        header: BlockHeader | None = None,
+        leaves: bytes | None = None,
+        sender: Any = None,
+    ) -> Appended:
         leaf_list = [record.leaf for record in records]
         if at is None:
             at = max(NOON, chain.blocks.head.timestamp + 1)
 
         header = header or next_header(leaf_list, at)
         chain.pending_timestamp = at
-        receipt = ledger.appendBlock(header.as_tuple(),
-                                     b"".join(leaf_list) if leaves is None else leaves,
-                                     sender=sender or bookkeeper)  # fmt: skip
+        receipt = ledger.appendBlock(
+            header.as_tuple(),
+            b"".join(leaf_list) if leaves is None else leaves,
+            sender=sender or bookkeeper,
+        )
         approved = list(receipt.events.filter(ledger.TransactionApproved))
         rejected = list(receipt.events.filter(ledger.TransactionRejected))
         codes = [0] * header.record_count

@@ -70,20 +70,29 @@ class TestApproval:
         records = [
             make_record(payer=payers[1], amount=300),
             make_record(payer=payers[1], amount=200_000),
-            make_record(payer=payers[2], amount=700, terminal_id="TERM0002",
-                        merchant=merchant.address),
+            make_record(
+                payer=payers[2],
+                amount=700,
+                terminal_id="TERM0002",
+                merchant=merchant.address,
+            ),
             make_record(payer=payers[3], amount=50),
-        ]  # fmt: skip
+        ]
 
         block = append(records)
 
-        assert block.codes == [S.APPROVED, S.INSUFFICIENT_BALANCE,
-                               S.MERCHANT_MISMATCH, S.APPROVED]  # fmt: skip
+        assert block.codes == [
+            S.APPROVED,
+            S.INSUFFICIENT_BALANCE,
+            S.MERCHANT_MISMATCH,
+            S.APPROVED,
+        ]
         assert ledger.heldFor(merchant) == 350
         assert balance(ledger, payers[1]) == 100_000 - 300
         assert balance(ledger, payers[2]) == 100_000
-        assert [bool(ledger.isApproved(block.header.block_hash, i)) for i in range(4)] \
-            == [True, False, False, True]  # fmt: skip
+        assert [
+            bool(ledger.isApproved(block.header.block_hash, i)) for i in range(4)
+        ] == [True, False, False, True]
 
     def test_blocks_chain_to_the_head(self, ledger, append, make_record):
         first = append([make_record()])
@@ -112,8 +121,13 @@ class TestRules:
     def test_daily_limit_reached_exactly_is_approved_then_exceeded(
         self, append, make_record
     ):
-        block = append([make_record(amount=30_000), make_record(amount=20_000),
-                        make_record(amount=1)])  # fmt: skip
+        block = append(
+            [
+                make_record(amount=30_000),
+                make_record(amount=20_000),
+                make_record(amount=1),
+            ]
+        )
 
         assert block.codes == [S.APPROVED, S.APPROVED, S.DAILY_LIMIT_EXCEEDED]
 
@@ -131,15 +145,19 @@ class TestRules:
         assert second.codes == [S.APPROVED]
 
     def test_valid_until_equal_to_block_time_is_approved(self, append, make_record):
-        block = append([make_record(valid_until=NOON), make_record(valid_until=NOON - 1)])
+        block = append(
+            [make_record(valid_until=NOON), make_record(valid_until=NOON - 1)]
+        )
 
         assert block.codes == [S.APPROVED, S.EXPIRED]
 
     def test_timestamp_beyond_clock_skew_is_rejected(self, append, make_record):
-        block = append([
-            make_record(timestamp=NOON + 300, valid_until=NOON + 900),
-            make_record(timestamp=NOON + 301, valid_until=NOON + 900),
-        ])  # fmt: skip
+        block = append(
+            [
+                make_record(timestamp=NOON + 300, valid_until=NOON + 900),
+                make_record(timestamp=NOON + 301, valid_until=NOON + 900),
+            ]
+        )
 
         assert block.codes == [S.APPROVED, S.TIMESTAMP_IN_FUTURE]
 
@@ -160,37 +178,50 @@ class TestRules:
 
         assert block.codes == [expected]
 
-    def test_unrestricted_category_ignores_age(self, ledger, owner, append, make_record):
+    def test_unrestricted_category_ignores_age(
+        self, ledger, owner, append, make_record
+    ):
         young = "0x" + "0e" * 20
         ledger.openAccount(young, 10**6, 2015_01_01, True, sender=owner)
         ledger.deposit(young, 10**6, sender=owner)
 
-        assert append([make_record(payer=young, goods_category=2)]).codes == [S.APPROVED]
+        assert append([make_record(payer=young, goods_category=2)]).codes == [
+            S.APPROVED
+        ]
 
     def test_payer_flags_are_enforced(self, ledger, owner, append, make_record, payers):
         ledger.updateAccount(payers[1], 50_000, True, True, sender=owner)
         ledger.updateAccount(payers[2], 50_000, False, False, sender=owner)
 
-        block = append([
-            make_record(payer=payers[1]),
-            make_record(payer=payers[2]),
-            make_record(payer="0x" + "99" * 20),
-        ])  # fmt: skip
+        block = append(
+            [
+                make_record(payer=payers[1]),
+                make_record(payer=payers[2]),
+                make_record(payer="0x" + "99" * 20),
+            ]
+        )
 
         assert block.codes == [S.PAYER_FROZEN, S.PAYER_NOT_KYC, S.UNKNOWN_PAYER]
         assert balance(ledger, payers[1]) == 100_000
 
-    def test_terminal_checks(self, registry, owner, append, make_record, other_merchant):
+    def test_terminal_checks(
+        self, registry, owner, append, make_record, other_merchant
+    ):
         registry.deactivateTerminal(b"TERM0002", sender=owner)
 
-        block = append([
-            make_record(terminal_id="TERMXXXX"),
-            make_record(terminal_id="TERM0002", merchant=other_merchant.address),
-            make_record(merchant=other_merchant.address),
-        ])  # fmt: skip
+        block = append(
+            [
+                make_record(terminal_id="TERMXXXX"),
+                make_record(terminal_id="TERM0002", merchant=other_merchant.address),
+                make_record(merchant=other_merchant.address),
+            ]
+        )
 
-        assert block.codes == [S.UNKNOWN_TERMINAL, S.TERMINAL_INACTIVE,
-                               S.MERCHANT_MISMATCH]  # fmt: skip
+        assert block.codes == [
+            S.UNKNOWN_TERMINAL,
+            S.TERMINAL_INACTIVE,
+            S.MERCHANT_MISMATCH,
+        ]
 
     def test_wrong_currency_is_rejected(self, append, make_record):
         assert append([make_record(currency="USD")]).codes == [S.WRONG_CURRENCY]
@@ -198,8 +229,9 @@ class TestRules:
     @pytest.mark.parametrize(
         "amount", [0, 2**63, 2**64 - 1], ids=["zero", "2^63", "2^64-1"]
     )
-    def test_amount_outside_range_is_rejected(self, append, make_record, ledger, payers,
-                                              amount):  # fmt: skip
+    def test_amount_outside_range_is_rejected(
+        self, append, make_record, ledger, payers, amount
+    ):
         """Amounts the encoder refuses, forged into the leaf bytes."""
         record = make_record()
         leaf = bytearray(record.leaf)
@@ -247,8 +279,11 @@ class TestReplay:
     def test_record_for_another_domain_is_rejected_and_keeps_sequence(
         self, ledger, append, make_record, domain, payers, merchant, field
     ):
-        foreign = (Domain(domain.chain_id + 1, domain.ledger) if field == "chain_id"
-                   else Domain(domain.chain_id, "0x" + "ee" * 20))  # fmt: skip
+        foreign = (
+            Domain(domain.chain_id + 1, domain.ledger)
+            if field == "chain_id"
+            else Domain(domain.chain_id, "0x" + "ee" * 20)
+        )
         before = snapshot(ledger, payers, merchant)
 
         block = append([make_record(domain=foreign, sequence=5)])
@@ -258,8 +293,9 @@ class TestReplay:
 
 
 class TestMalformedBlocks:
-    def test_tampered_record_breaks_the_root(self, ledger, append, make_record, payers,
-                                             merchant):  # fmt: skip
+    def test_tampered_record_breaks_the_root(
+        self, ledger, append, make_record, payers, merchant
+    ):
         record = make_record(amount=10)
         header = append.next_header([record.leaf], NOON)
         tampered = bytearray(record.leaf)
@@ -301,7 +337,9 @@ class TestMalformedBlocks:
         with ape.reverts(ledger.LedgerHashAboveTarget):
             append([record], header=header)
 
-    def test_mined_header_meets_a_raised_target(self, ledger, owner, append, make_record):
+    def test_mined_header_meets_a_raised_target(
+        self, ledger, owner, append, make_record
+    ):
         ledger.setTarget(2**252, sender=owner)
         record = make_record()
         header = mine(append.next_header([record.leaf], NOON))
@@ -311,7 +349,9 @@ class TestMalformedBlocks:
         assert int.from_bytes(header.block_hash, "big") <= 2**252
         assert block.codes == [S.APPROVED]
 
-    def test_header_with_other_target_is_refused(self, ledger, owner, append, make_record):
+    def test_header_with_other_target_is_refused(
+        self, ledger, owner, append, make_record
+    ):
         record = make_record()
         header = dataclasses.replace(append.next_header([record.leaf], NOON), target=1)
 

@@ -20,20 +20,32 @@ def records_harness(project: Any, owner: Any) -> Any:
 
 def solidity_fields(record: Any) -> tuple[Any, ...]:
     return (
-        record.domain.chain_id, record.domain.ledger, record.record_id,
-        record.terminal_id.encode(), record.sequence, record.payer, record.merchant,
-        record.amount, record.currency.encode(), record.timestamp, record.valid_until,
-        record.goods_category, record.operator_id,
-    )  # fmt: skip
+        record.domain.chain_id,
+        record.domain.ledger,
+        record.record_id,
+        record.terminal_id.encode(),
+        record.sequence,
+        record.payer,
+        record.merchant,
+        record.amount,
+        record.currency.encode(),
+        record.timestamp,
+        record.valid_until,
+        record.goods_category,
+        record.operator_id,
+    )
 
 
 class TestRecordEncoding:
     @pytest.mark.parametrize(
         "overrides",
-        [{}, {"amount": 2**63 - 1, "sequence": 2**64 - 1, "operator_id": 2**32 - 1},
-         {"amount": 1, "timestamp": 0, "valid_until": 0, "goods_category": 65535}],
+        [
+            {},
+            {"amount": 2**63 - 1, "sequence": 2**64 - 1, "operator_id": 2**32 - 1},
+            {"amount": 1, "timestamp": 0, "valid_until": 0, "goods_category": 65535},
+        ],
         ids=["typical", "maximums", "minimums"],
-    )  # fmt: skip
+    )
     def test_python_and_solidity_produce_identical_bytes(
         self, records_harness, make_record, overrides
     ):
@@ -43,7 +55,9 @@ class TestRecordEncoding:
         solidity = bytes(records_harness.encode(solidity_fields(record)))
 
         assert solidity == encoding
-        assert bytes(records_harness.digest(encoding)) == hashlib.sha256(encoding).digest()
+        assert (
+            bytes(records_harness.digest(encoding)) == hashlib.sha256(encoding).digest()
+        )
 
     def test_solidity_decodes_python_encoding(self, records_harness, make_record):
         record = make_record(amount=98_765, goods_category=4, operator_id=17).record
@@ -82,8 +96,9 @@ class TestTerminalRegistry:
         numbers = public_numbers(small.public_key())
 
         with ape.reverts(registry.RegistryKeyTooSmall):
-            registry.registerTerminal(b"TERM0099", merchant, numbers.modulus,
-                                      numbers.exponent, sender=owner)  # fmt: skip
+            registry.registerTerminal(
+                b"TERM0099", merchant, numbers.modulus, numbers.exponent, sender=owner
+            )
 
     def test_2047_bit_modulus_padded_to_256_bytes_is_refused(
         self, registry, owner, merchant
@@ -91,15 +106,17 @@ class TestTerminalRegistry:
         padded = (2**2046 + 1).to_bytes(256, "big")
 
         with ape.reverts(registry.RegistryKeyTooSmall, bits=2047, minimumBits=2048):
-            registry.registerTerminal(b"TERM0099", merchant, padded, b"\x01\x00\x01",
-                                      sender=owner)  # fmt: skip
+            registry.registerTerminal(
+                b"TERM0099", merchant, padded, b"\x01\x00\x01", sender=owner
+            )
 
     def test_even_exponent_is_refused(self, registry, owner, merchant, terminal_keys):
         modulus = public_numbers(terminal_keys["TERM0001"].public_key()).modulus
 
         with ape.reverts(registry.RegistryMalformedExponent):
-            registry.registerTerminal(b"TERM0099", merchant, modulus, b"\x02",
-                                      sender=owner)  # fmt: skip
+            registry.registerTerminal(
+                b"TERM0099", merchant, modulus, b"\x02", sender=owner
+            )
 
     def test_terminal_cannot_be_registered_twice(
         self, registry, owner, merchant, terminal_keys
@@ -107,8 +124,9 @@ class TestTerminalRegistry:
         numbers = public_numbers(terminal_keys["TERM0001"].public_key())
 
         with ape.reverts(registry.RegistryTerminalExists):
-            registry.registerTerminal(b"TERM0001", merchant, numbers.modulus,
-                                      numbers.exponent, sender=owner)  # fmt: skip
+            registry.registerTerminal(
+                b"TERM0001", merchant, numbers.modulus, numbers.exponent, sender=owner
+            )
 
     def test_deactivation_is_recorded(self, registry, owner, merchant):
         receipt = registry.deactivateTerminal(b"TERM0001", sender=owner)
@@ -122,8 +140,13 @@ class TestTerminalRegistry:
         numbers = public_numbers(terminal_keys["TERM0001"].public_key())
 
         with ape.reverts(registry.AccessControlUnauthorizedAccount):
-            registry.registerTerminal(b"TERM0098", merchant, numbers.modulus,
-                                      numbers.exponent, sender=outsider)  # fmt: skip
+            registry.registerTerminal(
+                b"TERM0098",
+                merchant,
+                numbers.modulus,
+                numbers.exponent,
+                sender=outsider,
+            )
         with ape.reverts(registry.AccessControlUnauthorizedAccount):
             registry.deactivateTerminal(b"TERM0001", sender=outsider)
 

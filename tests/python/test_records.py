@@ -48,11 +48,20 @@ def test_encoding_known_answer() -> None:
 
     assert len(encoding) == RECORD_LENGTH
     assert encoding.hex() == (
-        "0000000000007a69" + "11" * 20 + bytes(range(16)).hex()
-        + b"TERM0001".hex() + "0000000000000007" + "22" * 20 + "33" * 20
-        + "00000000000004e2" + b"EUR".hex() + "00000000692f7d80"
-        + "00000000692f8b90" + "0003" + "0000002a"
-    )  # fmt: skip
+        "0000000000007a69"
+        + "11" * 20
+        + bytes(range(16)).hex()
+        + b"TERM0001".hex()
+        + "0000000000000007"
+        + "22" * 20
+        + "33" * 20
+        + "00000000000004e2"
+        + b"EUR".hex()
+        + "00000000692f7d80"
+        + "00000000692f8b90"
+        + "0003"
+        + "0000002a"
+    )
 
 
 def test_signed_record_leaf_is_encoding_and_signature_hash() -> None:
@@ -123,8 +132,9 @@ addresses = st.binary(min_size=20, max_size=20).map(lambda raw: "0x" + raw.hex()
     chain_id=st.integers(1, 2**64 - 1),
     ledger=addresses,
     record_id=st.binary(min_size=16, max_size=16),
-    terminal_id=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E),
-                        min_size=8, max_size=8),
+    terminal_id=st.text(
+        st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=8, max_size=8
+    ),
     sequence=st.integers(1, 2**64 - 1),
     payer=addresses,
     merchant=addresses,
@@ -134,9 +144,10 @@ addresses = st.binary(min_size=20, max_size=20).map(lambda raw: "0x" + raw.hex()
     validity=st.integers(0, 2**63 - 1),
     goods_category=st.integers(0, 2**16 - 1),
     operator_id=st.integers(0, 2**32 - 1),
-)  # fmt: skip
-def test_encoding_round_trips(chain_id: int, ledger: str, validity: int,
-                              timestamp: int, **fields: object) -> None:  # fmt: skip
+)
+def test_encoding_round_trips(
+    chain_id: int, ledger: str, validity: int, timestamp: int, **fields: object
+) -> None:
     record = make_record(
         domain=Domain(chain_id, ledger),
         timestamp=timestamp,

@@ -1,0 +1,145 @@
+"""Gas figures from real receipts on anvil: appending blocks and verifying proofs.
+
+Every figure is measured, none assumed: append gas is the whole transaction's gas
+(the 21,000 base included, which aggregation amortises) over its records, for payers,
+merchants and terminals whose storage slots already hold values; proof gas is the
+execution gas of the library call alone, read with ``gasleft()`` around it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from web3 import Web3
+
+from posaudit.audittree import AuditTree
+from posaudit.chain.deploy import connect, deploy, deploy_contract
+from posaudit.chain.devnet import Devnet
+from posaudit.ledger import LedgerClient
+from posaudit.records import Domain, SettlementRecord, SignedRecord, encode_record
+from posaudit.signing import generate_key, sign
+
+BLOCK_SIZES = (1, 16, 64, 256)
+PROOF_DEPTHS = (8, 16, 20)
+TERMINALS = 8
+BALANCE = 10**9
+
+
+class _Workload:
+    """Funded payers, registered terminals and a factory for signed records."""
+
+    def __init__(self, client: LedgerClient, merchant: str, now: int) -> None:
+        self.client = client
+        self.domain = Domain(client.deployment.chain_id, client.deployment.ledger)
+        self.merchant = merchant
+        self.now = now
+        self.keys = {f"BENCH{i:03d}": generate_key() for i in range(TERMINALS)}
+        self.sequence = dict.fromkeys(self.keys, 0)
+        self.payer_count = 0
+        for terminal_id, key in self.keys.items():
+            client.register_terminal(terminal_id, merchant, key.public_key())
+
+    def fund_payers(self, count: int) -> list[str]:
+        payers = []
+        for _ in range(count):
+            self.payer_count += 1
+            payer = f"0x{0xBE7C4 << 120 | self.payer_count:040x}"
+            self.client.open_account(payer, BALANCE, 1980_01_01, True)
+            self.client.deposit(payer, BALANCE)
+            payers.append(payer)
+        return payers
+
+    def records(self, payers: list[str]) -> list[SignedRecord]:
+        signed = []
+        terminals = list(self.keys)
+        for index, payer in enumerate(payers):
+            terminal_id = terminals[index % TERMINALS]
+            self.sequence[terminal_id] += 1
+            record = SettlementRecord(
+                domain=self.domain,
+                record_id=os.urandom(16),
+                terminal_id=terminal_id,
+                sequence=self.sequence[terminal_id],
+                payer=payer,
+                merchant=self.merchant,
+                amount=1_000 + index,
+                currency="EUR",
+                timestamp=self.now,
+                valid_until=self.now + 86_400,
+            )
+            signed.append(
+                SignedRecord(
+                    record, sign(self.keys[terminal_id], encode_record(record))
+                )
+            )
+        return signed
+
+
+def _append_gas(
+    client: LedgerClient, merchant: str, tick: Callable[[], None]
+) -> dict[str, float]:
+    now = int(client.w3.eth.get_block("latest")["timestamp"])
+    workload = _Workload(client, merchant, now)
+    # One warm-up block gives every terminal a last sequence and the merchant a hold.
+    client.append(workload.records(workload.fund_payers(TERMINALS)))
+    figures: dict[str, float] = {}
+    for size in BLOCK_SIZES:
+        records = workload.records(workload.fund_payers(size))
+        result = client.append(records)
+        approved = sum(outcome.code == 0 for outcome in result.outcomes)
+        if approved != size:
+            raise RuntimeError(f"Benchmark block of {size} had {approved} approvals.")
+
+        figures[f"append_gas_per_record_n{size}"] = round(result.gas_used / size)
+        tick()
+    return figures
+
+
+def _verify_gas(w3: Web3, sender: str, tick: Callable[[], None]) -> dict[str, float]:
+    harness = deploy_contract(w3, "AuditTreeHarness", sender)
+    figures: dict[str, float] = {}
+    for depth in PROOF_DEPTHS:
+        size = 2**depth
+        started = time.perf_counter()
+        tree = AuditTree([index.to_bytes(32, "big") for index in range(size)])
+        index = size - 3
+        proof = tree.inclusion_proof(index)
+        ok, gas = harness.functions.verifyInclusionGas(
+            index, size, index.to_bytes(32, "big"), proof, tree.root
+        ).call()
+        if not ok:
+            raise RuntimeError(f"Depth-{depth} proof did not verify on chain.")
+
+        figures[f"verify_gas_depth{depth}"] = int(gas)
+        figures[f"tree_build_s_2p{depth}"] = round(time.perf_counter() - started, 3)
+        tick()
+    return figures
+
+
+def run_bench(
+    rpc_url: str | None = None, progress: Callable[[], None] = lambda: None
+) -> dict[str, float]:
+    """Measure on ``rpc_url`` (a fresh anvil when omitted) and return named figures."""
+    with Devnet() if rpc_url is None else _Attached(rpc_url) as node:
+        w3 = connect(node.rpc_url)
+        operator, bookkeeper, merchant = w3.eth.accounts[:3]
+        deployment = deploy(w3, operator, bookkeeper)
+        client = LedgerClient(w3, deployment, operator, bookkeeper)
+        figures = _append_gas(client, merchant, progress)
+        figures.update(_verify_gas(w3, operator, progress))
+        return figures
+
+
+class _Attached:
+    """A node someone else runs: nothing to start or stop."""
+
+    def __init__(self, rpc_url: str) -> None:
+        self.rpc_url = rpc_url
+
+    def __enter__(self) -> _Attached:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None

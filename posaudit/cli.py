@@ -1,0 +1,125 @@
+"""The ``posaudit`` command: parses arguments and prints; the work lives below."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+console = Console()
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log what the services do.")
+def cli(verbose: bool) -> None:
+    """Auditable POS settlement on an EVM chain."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+
+
+@cli.command()
+@click.option("--rpc", "rpc_url", help="Node with unlocked accounts; anvil if omitted.")
+def demo(rpc_url: str | None) -> None:
+    """Settle a few dozen signed records, every rejection kind; check the verdicts."""
+    from posaudit.demo import run_demo
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("appending settlement blocks", total=None)
+        result = run_demo(rpc_url, progress=lambda n: progress.advance(task, n))
+
+    console.print(_records_table(result))
+    console.print(_balances_table(result))
+    mismatches = sum(not record.matches for record in result.records)
+    console.print(
+        f"{len(result.records)} records, {result.blocks} blocks, "
+        f"{result.gas_used:,} gas; "
+        + (
+            "[green]every outcome matches the rules model[/]"
+            if result.ok
+            else f"[red]{mismatches} outcomes differ from the rules model[/]"
+        )
+    )
+    sys.exit(0 if result.ok else 1)
+
+
+def _records_table(result: object) -> Table:
+    table = Table(title="Settlement records")
+    for column in (
+        "record",
+        "terminal",
+        "seq",
+        "payer",
+        "amount",
+        "block",
+        "expected",
+        "on chain",
+        "",
+    ):
+        table.add_column(column)
+
+    for item in result.records:  # type: ignore[attr-defined]
+        record = item.signed.record
+        block = (
+            f"#{item.block_height} ({item.block_size})" if item.block_height else "-"
+        )
+        expected = item.expected.name if item.expected is not None else "-"
+        actual = (
+            item.actual.name
+            if item.actual is not None
+            else (f"refused: {item.refused}")
+        )
+        table.add_row(
+            item.label,
+            record.terminal_id,
+            str(record.sequence),
+            item.payer,
+            f"{record.amount:,}",
+            block,
+            expected,
+            actual,
+            "[green]ok[/]" if item.matches else "[red]DIFF[/]",
+        )
+    return table
+
+
+def _balances_table(result: object) -> Table:
+    table = Table(title="Balances (minor units)")
+    for column in ("account", "on chain", "rules model"):
+        table.add_column(column)
+
+    for name, (chain, model) in result.balances.items():  # type: ignore[attr-defined]
+        table.add_row(f"payer {name}", f"{chain:,}", f"{model:,}")
+    for merchant, (chain, model) in result.holds.items():  # type: ignore[attr-defined]
+        table.add_row(f"held for {merchant[:10]}…", f"{chain:,}", f"{model:,}")
+    return table
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("out/bench.json"),
+    show_default=True,
+    help="Where to write the figures.",
+)
+def bench(out: Path) -> None:
+    """Measure append and proof-verification gas on anvil from real receipts."""
+    from posaudit.bench import run_bench
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmarking", total=None)
+        figures = run_bench(progress=lambda: progress.advance(task))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    table = Table(title=f"Benchmark ({out})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in figures.items():
+        table.add_row(name, f"{value:,}" if isinstance(value, int) else f"{value:.3f}")
+    console.print(table)
