@@ -20,6 +20,7 @@ from posaudit.signing import public_numbers
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class RecordOutcome:
     """What the Ledger decided for one record of a block."""
