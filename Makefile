@@ -37,7 +37,7 @@ $(NODE_STAMP): package.json package-lock.json
 $(SOLC_SHIM): $(NODE_STAMP) toolchain/install-solc.sh
 	toolchain/install-solc.sh $(SOLC_VERSION) $@
 
-$(BUILD_STAMP): setup ape-config.yaml $(shell find contracts -name '*.sol' -not -path '*/.cache/*')
+$(BUILD_STAMP): $(VENV_STAMP) $(NODE_STAMP) $(SOLC_SHIM) ape-config.yaml $(shell find contracts -name '*.sol' -not -path '*/.cache/*')
 	$(BIN)/ape compile
 	touch $@
 

@@ -169,7 +169,7 @@ class LedgerClient:
 
     def _result(self, header: BlockHeader, receipt: Any) -> AppendResult:
         events = self.ledger.events
-        validated = events.BlockValidated().process_receipt(receipt)[0]["args"]
+        validated = _args(events.BlockValidated(), receipt)[0]
         outcomes = [
             RecordOutcome(
                 args["index"],
