@@ -77,8 +77,8 @@ contract Ledger is ILedger, AccessControl, Pausable {
         if (payer == address(0) || _accounts[payer].flags & FLAG_OPEN != 0) {
             revert LedgerPayerExists(payer);
         }
-        if (birthDate != 0 && (birthDate < 1900_01_01 || birthDate % 100 == 0 || birthDate % 100 > 31))
-        {
+        uint32 day = birthDate % 100;
+        if (birthDate != 0 && (birthDate < 1900_01_01 || day == 0 || day > 31)) {
             revert LedgerBadBirthDate(birthDate);
         }
 
@@ -112,7 +112,9 @@ contract Ledger is ILedger, AccessControl, Pausable {
         Account storage account = _openAccount(payer);
         if (amount == 0) revert LedgerZeroDeposit(payer);
         uint64 balance = account.balance;
-        if (amount > type(uint64).max - balance) revert LedgerBalanceOverflow(payer, balance, amount);
+        if (amount > type(uint64).max - balance) {
+            revert LedgerBalanceOverflow(payer, balance, amount);
+        }
 
         account.balance = balance + amount;
         emit Deposited(payer, amount, balance + amount);
@@ -153,11 +155,14 @@ contract Ledger is ILedger, AccessControl, Pausable {
         blockHash = _checkHeader(header);
 
         uint64 height = _height + 1;
-        _blocks[blockHash] = StoredBlock(header.recordsRoot, header.recordCount, height, header.timestamp);
+        _blocks[blockHash] =
+            StoredBlock(header.recordsRoot, header.recordCount, height, header.timestamp);
         _head = blockHash;
         _height = height;
         _headTimestamp = header.timestamp;
-        emit BlockValidated(blockHash, height, header.prevHash, header.recordsRoot, header.recordCount);
+        emit BlockValidated(
+            blockHash, height, header.prevHash, header.recordsRoot, header.recordCount
+        );
 
         _settleRecords(blockHash, leaves, count);
     }
@@ -210,10 +215,14 @@ contract Ledger is ILedger, AccessControl, Pausable {
         pure
         returns (uint256 count)
     {
-        if (leaves.length % SettlementRecords.LEAF_LENGTH != 0) revert LedgerMalformedLeaves(leaves.length);
+        if (leaves.length % SettlementRecords.LEAF_LENGTH != 0) {
+            revert LedgerMalformedLeaves(leaves.length);
+        }
         count = leaves.length / SettlementRecords.LEAF_LENGTH;
         if (count == 0 || count > MAX_RECORDS) revert LedgerRecordCount(count, MAX_RECORDS);
-        if (header.recordCount != count) revert LedgerRecordCountMismatch(header.recordCount, count);
+        if (header.recordCount != count) {
+            revert LedgerRecordCountMismatch(header.recordCount, count);
+        }
 
         bytes32[] memory leafHashes = new bytes32[](count);
         for (uint256 i = 0; i < count; ++i) {
@@ -233,7 +242,9 @@ contract Ledger is ILedger, AccessControl, Pausable {
         }
 
         blockHash = sha256(abi.encodePacked(sha256(_encodeHeader(header))));
-        if (uint256(blockHash) > header.target) revert LedgerHashAboveTarget(blockHash, header.target);
+        if (uint256(blockHash) > header.target) {
+            revert LedgerHashAboveTarget(blockHash, header.target);
+        }
     }
 
     function _encodeHeader(BlockHeader calldata header) private pure returns (bytes memory) {
@@ -342,7 +353,11 @@ contract Ledger is ILedger, AccessControl, Pausable {
 
     /// @dev Age in whole years by comparing yyyymmdd numbers: exact on birthdays, and a
     /// 29 February birthday counts on 1 March in common years.
-    function _oldEnough(uint32 birthDate, uint8 minimumAge, uint256 today) private pure returns (bool) {
+    function _oldEnough(uint32 birthDate, uint8 minimumAge, uint256 today)
+        private
+        pure
+        returns (bool)
+    {
         if (minimumAge == 0) return true;
         if (birthDate == 0) return false;
         return today >= birthDate && today - birthDate >= uint256(minimumAge) * 10_000;

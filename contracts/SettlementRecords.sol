@@ -34,7 +34,9 @@ library SettlementRecords {
 
     /// @notice Decodes the record at the start of `data` (a record or a whole leaf).
     function decode(bytes calldata data) internal pure returns (Record memory record) {
-        if (data.length < RECORD_LENGTH) revert SettlementRecordsTooShort(data.length, RECORD_LENGTH);
+        if (data.length < RECORD_LENGTH) {
+            revert SettlementRecordsTooShort(data.length, RECORD_LENGTH);
+        }
 
         record.chainId = uint64(bytes8(data[0:8]));
         record.ledger = address(bytes20(data[8:28]));

@@ -34,11 +34,14 @@ contract TerminalRegistry is ITerminalRegistry, AccessControl {
         bytes calldata modulus,
         bytes calldata exponent
     ) external onlyRole(OPERATOR_ROLE) {
-        if (_terminals[terminalId].merchant != address(0)) revert RegistryTerminalExists(terminalId);
+        if (_terminals[terminalId].merchant != address(0)) {
+            revert RegistryTerminalExists(terminalId);
+        }
         if (merchant == address(0)) revert RegistryZeroMerchant(terminalId);
         uint256 bits = _bitLength(modulus);
         if (bits < MIN_KEY_BITS) revert RegistryKeyTooSmall(bits, MIN_KEY_BITS);
-        if (exponent.length == 0 || exponent.length > 32 || uint8(exponent[exponent.length - 1]) & 1 == 0) {
+        uint256 length = exponent.length;
+        if (length == 0 || length > 32 || uint8(exponent[length - 1]) & 1 == 0) {
             revert RegistryMalformedExponent(exponent);
         }
 
@@ -56,7 +59,11 @@ contract TerminalRegistry is ITerminalRegistry, AccessControl {
     }
 
     /// @inheritdoc ITerminalRegistry
-    function terminalStatus(bytes8 terminalId) external view returns (address merchant, bool active) {
+    function terminalStatus(bytes8 terminalId)
+        external
+        view
+        returns (address merchant, bool active)
+    {
         Terminal storage terminal = _terminals[terminalId];
         return (terminal.merchant, terminal.active);
     }

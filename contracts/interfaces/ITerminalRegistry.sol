@@ -41,7 +41,10 @@ interface ITerminalRegistry {
 
     /// @notice The merchant of `terminalId` and whether it may submit records.
     /// @dev An unregistered terminal returns the zero merchant and `active == false`.
-    function terminalStatus(bytes8 terminalId) external view returns (address merchant, bool active);
+    function terminalStatus(bytes8 terminalId)
+        external
+        view
+        returns (address merchant, bool active);
 
     /// @notice The registered RSA public key of `terminalId`.
     function publicKeyOf(bytes8 terminalId)

@@ -119,7 +119,8 @@ class Devnet:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                stderr = self._process.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
+                stream = self._process.stderr
+                stderr = stream.read().decode(errors="replace") if stream else ""
                 self._process = None
                 raise DevnetError(f"anvil exited at start-up: {stderr.strip()[-500:]}")
 
