@@ -65,9 +65,8 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 class AuditTree:
     """An audit tree that keeps every level, so that proofs need no hashing.
 
-    ``levels[0]`` holds the leaf hashes and each further level the parents of the
-    one below; the last level holds the root alone. Memory is about twice the leaf
-    hashes (64 bytes of digest per leaf plus list slots).
+    The levels run from the leaf hashes up to the root, each holding the parents of
+    the one below. Memory is about twice that of the leaf hashes alone.
 
     Attributes:
         size: Number of leaves.
@@ -122,7 +121,7 @@ class AuditTree:
         """
         _check_index(index, self.size)
 
-        proof = []
+        proof: list[bytes] = []
         for level in self._levels[:-1]:
             sibling = index ^ 1
             if sibling < len(level):
@@ -145,7 +144,7 @@ class AuditTree:
         size = self.size
         # (cut, column): leaves below `cut` have a sibling on this level, and
         # column[i] is leaf i's sibling there.
-        columns = []
+        columns: list[tuple[int, list[bytes]]] = []
         for height, level in enumerate(self._levels[:-1]):
             paired = len(level) & ~1
             swapped: list[bytes] = level[:paired]
