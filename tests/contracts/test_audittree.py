@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import ape
@@ -22,29 +19,24 @@ from posaudit.audittree import (
 )
 from posaudit.exceptions import ProofError, RootMismatchError
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rfc6962"
+from ..vectors import HASH_FIELDS, load_vectors
 
 # BRIEF.md: twice the 3,920 gas that the sha256 precompile alone costs at depth 20.
 GAS_BUDGET_DEPTH_20 = 2 * 3_920
 
 
 def _load(kind: str) -> list[tuple[str, dict[str, Any]]]:
-    cases = []
-    for path in sorted((VECTORS / kind).rglob("*.json")):
-        case = json.loads(path.read_text())
-        hashes = [case[f] for f in ("root", "leafHash", "root1", "root2") if f in case]
-        hashes += case["proof"] or []
-        case["fits"] = all(len(base64.b64decode(h)) == 32 for h in hashes)
+    cases = load_vectors(kind)
+    for _, case in cases:
+        hashes = [case[f] for f in HASH_FIELDS if f in case] + case["proof"]
+        case["fits"] = all(len(h) == 32 for h in hashes)
         # The ABI carries only 32-byte hashes and ape pads shorter bytes on its own;
         # padding here makes that explicit.
-        for field in ("root", "leafHash", "root1", "root2"):
+        for field in HASH_FIELDS:
             if field in case:
-                case[field] = base64.b64decode(case[field]).ljust(32, b"\x00")
+                case[field] = case[field].ljust(32, b"\x00")
 
-        case["proof"] = [
-            base64.b64decode(h).ljust(32, b"\x00") for h in case["proof"] or []
-        ]
-        cases.append((path.relative_to(VECTORS).as_posix(), case))
+        case["proof"] = [h.ljust(32, b"\x00") for h in case["proof"]]
 
     return cases
 

@@ -1,9 +1,6 @@
 """Tests of the audit tree: RFC 6962 vectors, known answers and properties."""
 
-import base64
 import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +18,7 @@ from posaudit.audittree import (
 )
 from posaudit.exceptions import ProofError, RootMismatchError
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rfc6962"
+from ..vectors import load_vectors
 
 # The leaf inputs behind every tree in the rfc6962 vectors (vectors/README.md).
 REFERENCE_LEAVES = [
@@ -60,22 +57,8 @@ REFERENCE_ROOTS = [
 REJECTED = (ProofError, RootMismatchError)
 
 
-def _load(kind: str) -> list[tuple[str, dict[str, Any]]]:
-    cases = []
-    for path in sorted((VECTORS / kind).rglob("*.json")):
-        case = json.loads(path.read_text())
-        for field in ("root", "leafHash", "root1", "root2"):
-            if field in case:
-                case[field] = base64.b64decode(case[field])
-
-        case["proof"] = [base64.b64decode(h) for h in case["proof"] or []]
-        cases.append((path.relative_to(VECTORS).as_posix(), case))
-
-    return cases
-
-
-INCLUSION = _load("inclusion")
-CONSISTENCY = _load("consistency")
+INCLUSION = load_vectors("inclusion")
+CONSISTENCY = load_vectors("consistency")
 
 
 def _leaves(size: int, salt: int = 0) -> list[bytes]:
