@@ -33,13 +33,13 @@ def anvil_binary() -> Path:
     Raises:
         DevnetError: No binary found; ``make setup`` installs it.
     """
-    if override := os.environ.get("POSAUDIT_ANVIL"):
-        return Path(override)
-
     arch = _ARCH.get(platform.machine(), platform.machine())
-    binary = PROJECT_ROOT / f"node_modules/@foundry-rs/anvil-linux-{arch}/bin/anvil"
+    default = PROJECT_ROOT / f"node_modules/@foundry-rs/anvil-linux-{arch}/bin/anvil"
+    binary = Path(os.environ.get("POSAUDIT_ANVIL", default))
     if not binary.is_file():
-        raise DevnetError(f"anvil not found at {binary}; run `make setup` first.")
+        raise DevnetError(
+            f"anvil not found at {binary}; run `make setup` or set POSAUDIT_ANVIL."
+        )
 
     return binary
 
@@ -49,6 +49,11 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Devnet:
@@ -112,6 +117,10 @@ class Devnet:
         """
         if self._process is not None:
             return self.rpc_url
+
+        # Another node on the port would answer the readiness probe in our place.
+        if _listening(self.port):
+            raise DevnetError(f"Port {self.port} on 127.0.0.1 is already in use.")
 
         self._process = subprocess.Popen(
             self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
