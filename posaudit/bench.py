@@ -8,21 +8,30 @@ execution gas of the library call alone, read with ``gasleft()`` around it.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import statistics
 import time
 from collections.abc import Callable
 
 from web3 import Web3
 
 from posaudit.audittree import AuditTree
-from posaudit.chain.deploy import connect, deploy, deploy_contract
-from posaudit.chain.devnet import Devnet
+from posaudit.chain.deploy import deploy, deploy_contract, open_chain
 from posaudit.ledger import LedgerClient
-from posaudit.records import Domain, SettlementRecord, SignedRecord, encode_record
+from posaudit.records import (
+    LEAF_LENGTH,
+    Domain,
+    SettlementRecord,
+    SignedRecord,
+    encode_record,
+)
 from posaudit.signing import generate_key, sign
 
 BLOCK_SIZES = (1, 16, 64, 256)
 PROOF_DEPTHS = (8, 16, 20)
+TREE_DEPTHS = (16, 20)
+TIMING_RUNS = 3
 TERMINALS = 8
 BALANCE = 10**9
 
@@ -102,18 +111,59 @@ def _verify_gas(w3: Web3, sender: str, tick: Callable[[], None]) -> dict[str, fl
     figures: dict[str, float] = {}
     for depth in PROOF_DEPTHS:
         size = 2**depth
-        started = time.perf_counter()
         tree = AuditTree([index.to_bytes(32, "big") for index in range(size)])
-        index = size - 3
-        proof = tree.inclusion_proof(index)
+        # Leaf 0 of a full tree is the costliest case: every level is an inner one.
+        proof = tree.inclusion_proof(0)
         ok, gas = harness.functions.verifyInclusionGas(
-            index, size, index.to_bytes(32, "big"), proof, tree.root
+            0, size, bytes(32), proof, tree.root
         ).call()
         if not ok:
             raise RuntimeError(f"Depth-{depth} proof did not verify on chain.")
 
         figures[f"verify_gas_depth{depth}"] = int(gas)
-        figures[f"tree_build_s_2p{depth}"] = round(time.perf_counter() - started, 3)
+        tick()
+    return figures
+
+
+def _median_seconds(work: Callable[[], object], runs: int = TIMING_RUNS) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times), 3)
+
+
+def _bare_hashes(inputs: list[bytes]) -> list[bytes]:
+    sha256 = hashlib.sha256
+    return [sha256(data).digest() for data in inputs]
+
+
+def _tree_figures(depth: int) -> dict[str, float]:
+    """Build and all proofs for 2^depth leaves, beside the hashing they cannot avoid.
+
+    The floor is one bare SHA-256 per leaf and per inner node (2^(depth+1) calls) on
+    inputs of the same lengths: 0x00 and a leaf, 0x01 and two hashes.
+    """
+    leaves = [os.urandom(LEAF_LENGTH) for _ in range(2**depth)]
+    floor_inputs = [b"\x00" + leaf for leaf in leaves] + [b"\x01" + bytes(64)] * len(
+        leaves
+    )
+    tree = AuditTree.from_leaves(leaves)
+    build = _median_seconds(lambda: AuditTree.from_leaves(leaves))
+    floor = _median_seconds(lambda: _bare_hashes(floor_inputs))
+    return {
+        f"tree_build_s_2p{depth}": build,
+        f"hashlib_floor_s_2p{depth}": floor,
+        f"tree_build_over_floor_2p{depth}": round(build / floor, 2),
+        f"tree_all_proofs_s_2p{depth}": _median_seconds(tree.inclusion_proofs),
+    }
+
+
+def _tree_speed(tick: Callable[[], None]) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for depth in TREE_DEPTHS:
+        figures.update(_tree_figures(depth))
         tick()
     return figures
 
@@ -122,24 +172,11 @@ def run_bench(
     rpc_url: str | None = None, progress: Callable[[], None] = lambda: None
 ) -> dict[str, float]:
     """Measure on ``rpc_url`` (a fresh anvil when omitted) and return named figures."""
-    with Devnet() if rpc_url is None else _Attached(rpc_url) as node:
-        w3 = connect(node.rpc_url)
+    with open_chain(rpc_url) as w3:
         operator, bookkeeper, merchant = w3.eth.accounts[:3]
         deployment = deploy(w3, operator, bookkeeper)
         client = LedgerClient(w3, deployment, operator, bookkeeper)
         figures = _append_gas(client, merchant, progress)
         figures.update(_verify_gas(w3, operator, progress))
-        return figures
-
-
-class _Attached:
-    """A node someone else runs: nothing to start or stop."""
-
-    def __init__(self, rpc_url: str) -> None:
-        self.rpc_url = rpc_url
-
-    def __enter__(self) -> _Attached:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    figures.update(_tree_speed(progress))
+    return figures

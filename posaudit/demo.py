@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from web3 import Web3
 
-from posaudit.chain.deploy import Deployment, connect, deploy
-from posaudit.chain.devnet import Devnet
+from posaudit.chain.deploy import Deployment, deploy, open_chain
 from posaudit.exceptions import SignatureError
 from posaudit.ledger import LedgerClient
 from posaudit.records import Domain, SettlementRecord, SignedRecord, encode_record
@@ -308,16 +306,6 @@ def _settle(
         progress(len(block))
 
 
-@contextmanager
-def _chain(rpc_url: str | None) -> Iterator[Web3]:
-    if rpc_url is not None:
-        yield connect(rpc_url)
-        return
-
-    with Devnet() as devnet:
-        yield connect(devnet.rpc_url)
-
-
 def run_demo(
     rpc_url: str | None = None, progress: Callable[[int], None] = lambda _: None
 ) -> DemoResult:
@@ -330,7 +318,7 @@ def run_demo(
     Returns:
         Every record with its expected and actual outcome, and the balances.
     """
-    with _chain(rpc_url) as w3:
+    with open_chain(rpc_url) as w3:
         operator, bookkeeper, *merchants = w3.eth.accounts[:5]
         deployment = deploy(w3, operator, bookkeeper, target=DEMO_TARGET)
         client = LedgerClient(w3, deployment, operator, bookkeeper)

@@ -39,11 +39,6 @@ class StatusCode(IntEnum):
     DAILY_LIMIT_EXCEEDED = 15
     PROOF_MISMATCH = 16
 
-    @property
-    def consumes_sequence(self) -> bool:
-        """Whether a record with this outcome uses up its terminal sequence number."""
-        return self == StatusCode.APPROVED or self > StatusCode.SEQUENCE_NOT_ABOVE
-
 
 def civil_date(timestamp: int) -> int:
     """The UTC calendar date of ``timestamp`` as the integer yyyymmdd."""

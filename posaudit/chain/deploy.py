@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,10 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import ContractCustomError
+from web3.exceptions import ContractCustomError, Web3Exception
 
 from posaudit.chain.artifacts import load_contract_type
+from posaudit.chain.devnet import Devnet
 from posaudit.exceptions import ChainError
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,17 @@ def connect(rpc_url: str, timeout: float = 30.0) -> Web3:
         raise ChainError(f"No Ethereum node answers at {rpc_url}.")
 
     return w3
+
+
+@contextmanager
+def open_chain(rpc_url: str | None) -> Iterator[Web3]:
+    """A connection to ``rpc_url``, or to a fresh anvil devnet, stopped on exit."""
+    if rpc_url is not None:
+        yield connect(rpc_url)
+        return
+
+    with Devnet() as devnet:
+        yield connect(devnet.rpc_url)
 
 
 def contract_at(w3: Web3, name: str, address: str) -> Contract:
@@ -95,7 +109,7 @@ def _replay(call: Any, params: dict[str, Any]) -> str:
         call.call(params)
     except ContractCustomError as err:
         return decode_error(call.contract_abi, err.data)
-    except Exception as err:
+    except Web3Exception as err:
         return str(err)
 
     return "it succeeds when replayed, so it ran out of gas or lost a race."

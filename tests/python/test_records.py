@@ -83,7 +83,7 @@ def test_signed_record_leaf_is_encoding_and_signature_hash() -> None:
         ("amount", True),
         ("sequence", 0),
         ("sequence", 2**64),
-        ("currency", "XXX"),
+        ("currency", "ABC"),
         ("currency", "eur"),
         ("record_id", b"\x00" * 15),
         ("record_id", "0" * 16),
