@@ -59,19 +59,53 @@ class TestRecordEncoding:
             bytes(records_harness.digest(encoding)) == hashlib.sha256(encoding).digest()
         )
 
-    def test_solidity_decodes_python_encoding(self, records_harness, make_record):
-        record = make_record(amount=98_765, goods_category=4, operator_id=17).record
+    @pytest.mark.parametrize(
+        "overrides",
+        [
+            {"amount": 98_765, "goods_category": 4, "operator_id": 17},
+            {
+                "amount": 2**63 - 1,
+                "sequence": 2**64 - 1,
+                "operator_id": 2**32 - 1,
+                "goods_category": 65535,
+                "record_id": b"\xff" * 16,
+                "terminal_id": "~~~~~~~~",
+                "timestamp": 2**64 - 2,
+                "valid_until": 2**64 - 1,
+            },
+        ],
+        ids=["typical", "every-field-at-its-maximum"],
+    )
+    def test_solidity_decodes_python_encoding_field_for_field(
+        self, records_harness, make_record, overrides
+    ):
+        """Neighbouring fields must not leak into each other when decoded."""
+        record = make_record(**overrides).record
 
         decoded = records_harness.decode(encode_record(record))
 
-        assert decoded.amount == 98_765
-        assert decoded.sequence == record.sequence
-        assert bytes(decoded.terminalId) == b"TERM0001"
-        assert bytes(decoded.currency) == b"EUR"
-        assert decoded.payer.lower() == record.payer
-        assert decoded.goodsCategory == 4
-        assert decoded.operatorId == 17
-        assert decoded.validUntil == record.valid_until
+        assert (
+            decoded.chainId, decoded.ledger.lower(), bytes(decoded.recordId),
+            bytes(decoded.terminalId), decoded.sequence, decoded.payer.lower(),
+            decoded.merchant.lower(), decoded.amount, bytes(decoded.currency),
+            decoded.timestamp, decoded.validUntil, decoded.goodsCategory,
+            decoded.operatorId,
+        ) == (
+            record.domain.chain_id, record.domain.ledger, record.record_id,
+            record.terminal_id.encode(), record.sequence, record.payer,
+            record.merchant, record.amount, record.currency.encode(),
+            record.timestamp, record.valid_until, record.goods_category,
+            record.operator_id,
+        )  # fmt: skip
+
+    def test_decoding_a_whole_leaf_ignores_the_signature_hash(
+        self, records_harness, make_record
+    ):
+        signed = make_record()
+
+        from_leaf = records_harness.decode(signed.leaf)
+
+        assert from_leaf == records_harness.decode(signed.encoding)
 
     def test_short_input_reverts(self, records_harness):
         with ape.reverts(records_harness.SettlementRecordsTooShort):
