@@ -90,6 +90,18 @@ library AuditTree {
         return _castToPure(_chain)(leafHash, proof, index, inner);
     }
 
+    /// @notice Number of sibling hashes in the inclusion proof of `index` in a tree of
+    /// `size`.
+    /// @dev Requires `0 <= index < size`; reverts with {AuditTreeIndexOutOfRange} otherwise.
+    function inclusionProofLength(uint256 index, uint256 size) internal pure returns (uint256) {
+        if (index >= size) revert AuditTreeIndexOutOfRange(index, size);
+        (uint256 inner, uint256 border) = _decompose(index, size);
+        // Both are at most 256, so the sum cannot overflow.
+        unchecked {
+            return inner + border;
+        }
+    }
+
     /// @notice Tells whether `leafHash` sits at `index` in the tree of `size` with `root`.
     /// @dev Reverts like {rootFromInclusionProof} on a malformed proof; returns false for
     /// a well-formed proof that leads to another root.

@@ -16,7 +16,10 @@ import {SettlementRecords} from "./SettlementRecords.sol";
 /// birth date) and fund them; terminals are registered in the `TerminalRegistry`. The
 /// bookkeeper appends blocks; each record of a block is checked against the rules in the
 /// order of `StatusCode`, and an approved amount moves from the payer's balance to a
-/// hold for the merchant, to be released by the audit (two-phase settlement).
+/// hold for the merchant. The audit module (`SettlementAudit`, holding `AUDIT_ROLE`)
+/// later releases each hold to the merchant's credit or refunds it to the payer
+/// (two-phase settlement); money is conserved: balances + holds + credits change only
+/// by deposits.
 ///
 /// NOTE: the Ledger does not verify RSA signatures when appending (the gateway does,
 /// off chain); it binds each record to its signature through the leaf, which contains
@@ -33,6 +36,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
 
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
     bytes32 public constant BOOKKEEPER_ROLE = keccak256("BOOKKEEPER_ROLE");
+    bytes32 public constant AUDIT_ROLE = keccak256("AUDIT_ROLE");
 
     uint32 public constant BLOCK_VERSION = 1;
     uint256 public constant MAX_RECORDS = 1024;
@@ -56,6 +60,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
     mapping(bytes32 blockHash => mapping(uint256 word => uint256 bits)) private _rejectedBits;
     mapping(address payer => Account) private _accounts;
     mapping(address merchant => uint256) private _held;
+    mapping(address merchant => uint256) private _credit;
     mapping(bytes8 terminalId => uint64) private _lastSequence;
     mapping(uint16 goodsCategory => uint8 age) private _minimumAge;
 
@@ -155,8 +160,6 @@ contract Ledger is ILedger, AccessControl, Pausable {
         blockHash = _checkHeader(header);
 
         uint64 height = _height + 1;
-        _blocks[blockHash] =
-            StoredBlock(header.recordsRoot, header.recordCount, height, header.timestamp);
         _head = blockHash;
         _height = height;
         _headTimestamp = header.timestamp;
@@ -164,7 +167,48 @@ contract Ledger is ILedger, AccessControl, Pausable {
             blockHash, height, header.prevHash, header.recordsRoot, header.recordCount
         );
 
-        _settleRecords(blockHash, leaves, count);
+        (uint32 approved, bytes32 holdsDigest) = _settleRecords(blockHash, leaves, count);
+        _blocks[blockHash] = StoredBlock({
+            recordsRoot: header.recordsRoot,
+            recordCount: header.recordCount,
+            approvedCount: approved,
+            height: height,
+            timestamp: header.timestamp,
+            holdsDigest: holdsDigest
+        });
+    }
+
+
+    /// @inheritdoc ILedger
+    function release(address[] calldata merchants, uint256[] calldata amounts)
+        external
+        onlyRole(AUDIT_ROLE)
+    {
+        if (merchants.length != amounts.length) {
+            revert LedgerReleaseLengths(merchants.length, amounts.length);
+        }
+
+        for (uint256 i = 0; i < merchants.length; ++i) {
+            _takeHold(merchants[i], amounts[i]);
+            _credit[merchants[i]] += amounts[i];
+            emit HoldReleased(merchants[i], amounts[i]);
+        }
+    }
+
+    /// @inheritdoc ILedger
+    function refund(address payer, address merchant, uint64 amount)
+        external
+        onlyRole(AUDIT_ROLE)
+    {
+        Account storage account = _openAccount(payer);
+        uint64 balance = account.balance;
+        if (amount > type(uint64).max - balance) {
+            revert LedgerBalanceOverflow(payer, balance, amount);
+        }
+
+        _takeHold(merchant, amount);
+        account.balance = balance + amount;
+        emit HoldRefunded(payer, merchant, amount);
     }
 
 
@@ -173,15 +217,20 @@ contract Ledger is ILedger, AccessControl, Pausable {
         return (_head, _height);
     }
 
-    /// @notice The stored root, size, height and timestamp of a block.
+    /// @inheritdoc ILedger
     function blockOf(bytes32 blockHash) external view returns (StoredBlock memory) {
         return _blocks[blockHash];
     }
 
-    /// @notice Whether record `index` of block `blockHash` was approved.
+    /// @inheritdoc ILedger
     function isApproved(bytes32 blockHash, uint256 index) external view returns (bool) {
         if (index >= _blocks[blockHash].recordCount) return false;
         return _rejectedBits[blockHash][index >> 8] & (1 << (index & 0xff)) == 0;
+    }
+
+    /// @inheritdoc ILedger
+    function rejectedBitsOf(bytes32 blockHash, uint256 word) external view returns (uint256) {
+        return _rejectedBits[blockHash][word];
     }
 
     /// @notice The account of `payer`.
@@ -192,6 +241,11 @@ contract Ledger is ILedger, AccessControl, Pausable {
     /// @notice The amount held for `merchant` until the audit releases it.
     function heldFor(address merchant) external view returns (uint256) {
         return _held[merchant];
+    }
+
+    /// @notice The amount the audit has released to `merchant`.
+    function creditOf(address merchant) external view returns (uint256) {
+        return _credit[merchant];
     }
 
     /// @notice The last sequence number accepted from `terminalId`.
@@ -260,13 +314,18 @@ contract Ledger is ILedger, AccessControl, Pausable {
     }
 
 
-    function _settleRecords(bytes32 blockHash, bytes calldata leaves, uint256 count) private {
+    function _settleRecords(bytes32 blockHash, bytes calldata leaves, uint256 count)
+        private
+        returns (uint32 approved, bytes32 holdsDigest)
+    {
         Clock memory clock = _clock();
         uint256 bits;
         for (uint256 i = 0; i < count; ++i) {
             SettlementRecords.Record memory record = _leafAt(leaves, i).decode();
+            holdsDigest = SettlementRecords.chainHold(holdsDigest, record);
             StatusCode code = _applyRules(record, clock);
             if (code == StatusCode.Approved) {
+                ++approved;
                 emit TransactionApproved(
                     record.terminalId, record.payer, record.merchant, blockHash, uint32(i),
                     record.sequence, record.amount
@@ -376,6 +435,16 @@ contract Ledger is ILedger, AccessControl, Pausable {
         uint256 month = mp < 10 ? mp + 3 : mp - 9;
         uint256 year = yoe + era * 400 + (month <= 2 ? 1 : 0);
         return year * 10_000 + month * 100 + day;
+    }
+
+    function _takeHold(address merchant, uint256 amount) private {
+        uint256 held = _held[merchant];
+        if (amount > held) revert LedgerHoldTooSmall(merchant, held, amount);
+
+        // Cannot underflow: checked just above.
+        unchecked {
+            _held[merchant] = held - amount;
+        }
     }
 
     function _openAccount(address payer) private view returns (Account storage account) {

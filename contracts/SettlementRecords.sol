@@ -28,6 +28,7 @@ library SettlementRecords {
 
     uint256 internal constant RECORD_LENGTH = 133;
     uint256 internal constant LEAF_LENGTH = 165;
+    uint256 internal constant HOLD_LENGTH = 64;
 
     /// @notice Thrown when bytes shorter than one record are decoded.
     error SettlementRecordsTooShort(uint256 length, uint256 required);
@@ -85,5 +86,34 @@ library SettlementRecords {
     /// @notice SHA-256 of an encoded record: the digest a terminal signs.
     function digest(bytes calldata data) internal pure returns (bytes32) {
         return sha256(data[:RECORD_LENGTH]);
+    }
+
+    /// @notice Extends a block's holds digest by one record: keccak256 of the digest so
+    /// far followed by the record's hold, 64 bytes packed (terminalId 8, sequence 8,
+    /// amount 8, merchant 20, payer 20). A block's digest starts at zero.
+    function chainHold(bytes32 holdsDigest, Record memory record)
+        internal
+        pure
+        returns (bytes32)
+    {
+        return keccak256(
+            abi.encodePacked(
+                holdsDigest,
+                record.terminalId,
+                record.sequence,
+                record.amount,
+                record.merchant,
+                record.payer
+            )
+        );
+    }
+
+    /// @notice {chainHold} over a hold already packed into its 64 bytes.
+    function chainHoldPacked(bytes32 holdsDigest, bytes calldata hold)
+        internal
+        pure
+        returns (bytes32)
+    {
+        return keccak256(abi.encodePacked(holdsDigest, hold));
     }
 }

@@ -105,6 +105,11 @@ class AuditTree:
         prefix = LEAF_PREFIX
         return cls([sha256(prefix + data).digest() for data in leaves])
 
+    @property
+    def leaf_hashes(self) -> list[bytes]:
+        """The leaf hashes the tree was built from, in order."""
+        return list(self._levels[0]) if self.size else []
+
     def inclusion_proof(self, index: int) -> list[bytes]:
         """Return the inclusion proof of one leaf.
 

@@ -23,6 +23,10 @@ signature cannot be replayed on another chain or against another deployment.
 
 A leaf of the audit tree commits to the record and to the terminal's signature over it:
 ``leaf = encoding || SHA-256(signature)`` (165 bytes).
+
+A record's hold is what the audit needs to move its money, 64 bytes packed: terminal_id
+8, sequence 8, amount 8, merchant 20, payer 20. The Ledger chains the holds of a block
+into a Keccak-256 digest when it appends the block; see :func:`holds_digest`.
 """
 
 from __future__ import annotations
@@ -30,13 +34,17 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from eth_hash.auto import keccak
 
 from posaudit.exceptions import EncodingError, FieldRangeError
 
 RECORD_LENGTH = 133
 SIGNATURE_HASH_LENGTH = 32
 LEAF_LENGTH = RECORD_LENGTH + SIGNATURE_HASH_LENGTH
+HOLD_LENGTH = 64
 
 # Amounts stay below 2**63 so that every layer, SQLite's signed 64-bit integers
 # included, stores them exactly.
@@ -51,6 +59,7 @@ CURRENCIES = frozenset(
 )
 
 _LAYOUT = struct.Struct(">Q20s16s8sQ20s20sQ3sQQHI")
+_HOLD = struct.Struct(">8sQQ20s20s")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _TERMINAL_ID = re.compile(r"^[\x21-\x7e]{8}$")
 
@@ -207,6 +216,28 @@ def decode_record(data: bytes) -> SettlementRecord:
         goods_category=goods_category,
         operator_id=operator_id,
     )
+
+
+def encode_hold(record: SettlementRecord) -> bytes:
+    """Return the 64-byte hold of ``record`` (see the module docs)."""
+    return _HOLD.pack(
+        record.terminal_id.encode("ascii"),
+        record.sequence,
+        record.amount,
+        bytes.fromhex(record.merchant[2:]),
+        bytes.fromhex(record.payer[2:]),
+    )
+
+
+def holds_digest(holds: Iterable[bytes]) -> bytes:
+    """The digest the Ledger stores for a block with these holds, in record order.
+
+    Each step is ``keccak256(digest || hold)``, starting from 32 zero bytes.
+    """
+    digest = bytes(32)
+    for hold in holds:
+        digest = keccak(digest + hold)
+    return digest
 
 
 def record_digest(encoding: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""Deploy the TerminalRegistry and the Ledger to the selected network.
+"""Deploy the TerminalRegistry, the Ledger and the SettlementAudit to a network.
 
 ape run deploy --network ethereum:local:foundry
 """
@@ -23,6 +23,9 @@ def cli() -> None:
 @click.option(
     "--bookkeeper", help="Address given the bookkeeper role (default: the deployer)."
 )
+@click.option(
+    "--auditor", help="Address given the auditor role (default: the deployer)."
+)
 @click.option("--currency", default="EUR", show_default=True, help="ISO 4217 code.")
 @click.option("--target", type=int, default=EASIEST_TARGET, help="Difficulty target.")
 @click.option(
@@ -32,8 +35,8 @@ def cli() -> None:
     show_default=True,
     help="Where to save the addresses.",
 )
-def deploy(account, network, bookkeeper, currency, target, out):
-    """Deploy both contracts, grant the bookkeeper role and save the addresses."""
+def deploy(account, network, bookkeeper, auditor, currency, target, out):
+    """Deploy the contracts, grant the roles and save the addresses."""
     if not network.is_local:
         click.confirm(f"Deploy to {network.choice} from {account.address}?", abort=True)
 
@@ -43,11 +46,18 @@ def deploy(account, network, bookkeeper, currency, target, out):
     )
     keeper = convert(bookkeeper, AddressType) if bookkeeper else account.address
     ledger.grantRole(ledger.BOOKKEEPER_ROLE(), keeper, sender=account)
+    audit = project.SettlementAudit.deploy(account, ledger, registry, sender=account)
+    ledger.grantRole(ledger.AUDIT_ROLE(), audit, sender=account)
+    if auditor:
+        audit.grantRole(
+            audit.AUDITOR_ROLE(), convert(auditor, AddressType), sender=account
+        )
 
     deployment = Deployment(
-        network.chain_id, registry.address, ledger.address, currency
+        network.chain_id, registry.address, ledger.address, audit.address, currency
     )
     deployment.save(out)
     click.echo(
-        f"Deployed: registry {registry.address}, ledger {ledger.address} -> {out}"
+        f"Deployed: registry {registry.address}, ledger {ledger.address}, "
+        f"audit {audit.address} -> {out}"
     )

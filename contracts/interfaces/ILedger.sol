@@ -43,11 +43,17 @@ interface ILedger {
     }
 
     /// @notice What the Ledger keeps of an accepted block.
+    /// @dev `holdsDigest` chains, record by record, what the audit needs to move each
+    /// record's money (see {SettlementRecords-chainHold}). The Ledger computes it from
+    /// the same leaves as the records root, in the same transaction, so the audit can
+    /// trust a list of holds that reproduces it.
     struct StoredBlock {
         bytes32 recordsRoot;
         uint32 recordCount;
+        uint32 approvedCount;
         uint64 height;
         uint64 timestamp;
+        bytes32 holdsDigest;
     }
 
     /// @notice A payer's account, packed into one storage slot.
@@ -92,6 +98,12 @@ interface ILedger {
         uint64 sequence,
         uint64 amount
     );
+
+    /// @notice Emitted when the audit releases held money to a merchant.
+    event HoldReleased(address indexed merchant, uint256 amount);
+
+    /// @notice Emitted when the audit returns a held amount to the payer.
+    event HoldRefunded(address indexed payer, address indexed merchant, uint64 amount);
 
     /// @notice Emitted when an operator opens a payer account.
     event AccountOpened(address indexed payer, uint64 dailyLimit, uint32 birthDate, bool kyc);
@@ -150,6 +162,12 @@ interface ILedger {
     /// @notice Thrown when a birth date is not a plausible yyyymmdd value.
     error LedgerBadBirthDate(uint32 birthDate);
 
+    /// @notice Thrown when the audit releases or refunds more than a merchant's hold.
+    error LedgerHoldTooSmall(address merchant, uint256 held, uint256 amount);
+
+    /// @notice Thrown when release lists differ in length.
+    error LedgerReleaseLengths(uint256 merchants, uint256 amounts);
+
     /// @notice Appends a settlement block and runs the rules on each of its records.
     /// @dev Requires the bookkeeper role and an unpaused Ledger. `leaves` is the
     /// concatenation of `header.recordCount` leaves of 165 bytes each (record encoding
@@ -159,4 +177,22 @@ interface ILedger {
     function appendBlock(BlockHeader calldata header, bytes calldata leaves)
         external
         returns (bytes32 blockHash);
+
+    /// @notice Moves `amounts[i]` of `merchants[i]`'s hold to its credit.
+    /// @dev Requires the audit role; emits `HoldReleased` per merchant.
+    function release(address[] calldata merchants, uint256[] calldata amounts) external;
+
+    /// @notice Returns `amount` of `merchant`'s hold to `payer`'s balance.
+    /// @dev Requires the audit role; emits `HoldRefunded`.
+    function refund(address payer, address merchant, uint64 amount) external;
+
+    /// @notice The stored root, sizes, height, timestamp and holds digest of a block.
+    function blockOf(bytes32 blockHash) external view returns (StoredBlock memory);
+
+    /// @notice Whether record `index` of block `blockHash` was approved.
+    function isApproved(bytes32 blockHash, uint256 index) external view returns (bool);
+
+    /// @notice Word `word` of a block's bitmap of rejected records (bit i = index
+    /// 256 * word + i).
+    function rejectedBitsOf(bytes32 blockHash, uint256 word) external view returns (uint256);
 }

@@ -1,4 +1,4 @@
-"""Deploy the TerminalRegistry and the Ledger with web3.py and wire their roles."""
+"""Deploy the registry, the Ledger and the audit module with web3.py; wire roles."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 OPERATOR_ROLE = Web3.keccak(text="OPERATOR_ROLE")
 BOOKKEEPER_ROLE = Web3.keccak(text="BOOKKEEPER_ROLE")
+AUDIT_ROLE = Web3.keccak(text="AUDIT_ROLE")
+AUDITOR_ROLE = Web3.keccak(text="AUDITOR_ROLE")
 
 # Any block hash meets this target: the devnet default, so that tests need no nonce
 # search. Operators raise the difficulty with Ledger.setTarget.
@@ -134,6 +136,7 @@ class Deployment:
     chain_id: int
     registry: str
     ledger: str
+    audit: str
     currency: str
 
     def save(self, path: Path) -> None:
@@ -143,8 +146,18 @@ class Deployment:
 
     @classmethod
     def load(cls, path: Path) -> Deployment:
-        """Read a deployment written by :meth:`save`."""
-        return cls(**json.loads(path.read_text()))
+        """Read a deployment written by :meth:`save`.
+
+        Raises:
+            ChainError: The file is missing, not JSON, or lacks an address.
+        """
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise ChainError(
+                f"Cannot read the deployment file {path}: {err}. Deploy first with "
+                "'ape run deploy deploy' or pass the file written by it."
+            ) from err
 
 
 def deploy(
@@ -153,8 +166,12 @@ def deploy(
     bookkeeper: str,
     currency: str = "EUR",
     target: int = EASIEST_TARGET,
+    auditor: str | None = None,
 ) -> Deployment:
-    """Deploy the registry and the Ledger; ``admin`` operates, ``bookkeeper`` appends.
+    """Deploy the registry, the Ledger and the audit module.
+
+    ``admin`` operates; ``bookkeeper`` appends blocks; ``auditor`` (``admin`` when not
+    given) may reject records whose bookkeeper proofs fail. Anyone may settle.
 
     Returns:
         The addresses, chain id and currency of the new deployment.
@@ -163,10 +180,17 @@ def deploy(
     ledger = deploy_contract(
         w3, "Ledger", admin, admin, registry.address, currency.encode("ascii"), target
     )
+    audit = deploy_contract(
+        w3, "SettlementAudit", admin, admin, ledger.address, registry.address
+    )
     transact(w3, ledger.functions.grantRole(BOOKKEEPER_ROLE, bookkeeper), admin)
+    transact(w3, ledger.functions.grantRole(AUDIT_ROLE, audit.address), admin)
+    if auditor is not None and auditor != admin:
+        transact(w3, audit.functions.grantRole(AUDITOR_ROLE, auditor), admin)
     return Deployment(
         chain_id=w3.eth.chain_id,
         registry=registry.address,
         ledger=ledger.address,
+        audit=audit.address,
         currency=currency,
     )

@@ -90,6 +90,14 @@ def ledger(
 
 
 @pytest.fixture(scope="session")
+def audit(project: Any, owner: Any, ledger: Any, registry: Any) -> Any:
+    """The audit module, holding the Ledger's audit role; ``owner`` is its auditor."""
+    audit = project.SettlementAudit.deploy(owner, ledger, registry, sender=owner)
+    ledger.grantRole(ledger.AUDIT_ROLE(), audit, sender=owner)
+    return audit
+
+
+@pytest.fixture(scope="session")
 def domain(chain: Any, ledger: Any) -> Domain:
     return Domain(chain.chain_id, ledger.address)
 

@@ -1,0 +1,334 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {RSA} from "@openzeppelin/contracts/utils/cryptography/RSA.sol";
+
+import {AuditTree} from "./AuditTree.sol";
+import {ILedger} from "./interfaces/ILedger.sol";
+import {ISettlementAudit} from "./interfaces/ISettlementAudit.sol";
+import {ITerminalRegistry} from "./interfaces/ITerminalRegistry.sol";
+import {SettlementRecords} from "./SettlementRecords.sol";
+
+/// @title SettlementAudit
+/// @notice The audit module of claim 8, holding the Ledger's `AUDIT_ROLE`.
+///
+/// The model: the Ledger appended a block, stored its records root, size and holds
+/// digest, and holds each approved amount for its merchant. This contract settles the
+/// block's records, each exactly once: one by one with inclusion proofs (a merchant's
+/// receipt), or all at once from the leaf hashes of the bookkeeper's audit tree, which
+/// must rebuild the stored root. The money moves as the Ledger committed to in the holds
+/// digest, never as a caller says.
+///
+/// Settlement state is one bit per record in a per-block bitmap, so a whole-block audit
+/// writes one storage word per 256 records.
+///
+/// NOTE: The auditor role is trusted with claim 8's rejection: given a bookkeeper's
+/// proof that does not match, it reverses that record's payment. Anyone else with a
+/// failing proof only reverts.
+contract SettlementAudit is ISettlementAudit, AccessControl {
+    using SettlementRecords for bytes;
+
+    bytes32 public constant AUDITOR_ROLE = keccak256("AUDITOR_ROLE");
+
+    /// @dev Distinct merchants a whole-block audit looks back over before it starts a new
+    /// release entry: bounds the search, while a merchant seen again later only costs an
+    /// extra entry.
+    uint256 private constant MERCHANT_LOOKBACK = 8;
+
+    ILedger public immutable ledger;
+    ITerminalRegistry public immutable registry;
+
+    mapping(bytes32 blockHash => BlockAudit) private _audits;
+    mapping(bytes32 blockHash => mapping(uint256 word => uint256 bits)) private _resolvedBits;
+    // Audit rejections are the exception, so only they pay for a second bitmap.
+    mapping(bytes32 blockHash => mapping(uint256 word => uint256 bits)) private _rejectedBits;
+
+    constructor(address admin, ILedger ledger_, ITerminalRegistry registry_) {
+        ledger = ledger_;
+        registry = registry_;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _grantRole(AUDITOR_ROLE, admin);
+    }
+
+
+    /// @inheritdoc ISettlementAudit
+    function auditBlock(bytes32 blockHash, bytes32[] calldata leafHashes, bytes calldata holds)
+        external
+        returns (uint256 settled)
+    {
+        BlockAudit memory audit = _audits[blockHash];
+        if (audit.complete) return 0;
+        ILedger.StoredBlock memory stored = _storedBlock(blockHash);
+        _checkBlockProof(stored, leafHashes);
+        _checkHolds(stored, holds);
+
+        settled = _settleOpen(blockHash, stored.recordCount, holds);
+        // At most 1024 records per block, so the count fits.
+        audit.settled += uint32(settled);
+        _store(blockHash, audit, stored.approvedCount);
+    }
+
+    /// @inheritdoc ISettlementAudit
+    function settleRecord(
+        bytes32 blockHash,
+        uint256 index,
+        bytes calldata leaf,
+        bytes32[] calldata proof
+    ) external returns (bool) {
+        ILedger.StoredBlock memory stored = _storedBlock(blockHash);
+        bytes32 computed = _rootFromProof(stored, index, leaf, proof);
+        if (computed != stored.recordsRoot) revert AuditProofMismatch(stored.recordsRoot, computed);
+        if (!ledger.isApproved(blockHash, index)) revert AuditNotApproved(blockHash, index);
+        if (_isResolved(blockHash, index)) return false;
+
+        SettlementRecords.Record memory record = leaf.decode();
+        _resolve(blockHash, index);
+        _release(_single(record.merchant), _single(record.amount));
+        emit RecordSettled(blockHash, uint32(index), record.merchant, record.amount);
+
+        BlockAudit memory audit = _audits[blockHash];
+        audit.settled += 1;
+        _store(blockHash, audit, stored.approvedCount);
+        return true;
+    }
+
+    /// @inheritdoc ISettlementAudit
+    function rejectRecord(
+        bytes32 blockHash,
+        uint256 index,
+        bytes calldata leaf,
+        bytes32[] calldata proof,
+        bytes calldata holds
+    ) external onlyRole(AUDITOR_ROLE) {
+        ILedger.StoredBlock memory stored = _storedBlock(blockHash);
+        if (_proofMatches(stored, index, leaf, proof)) revert AuditProofMatches(blockHash, index);
+        if (!ledger.isApproved(blockHash, index)) revert AuditNotApproved(blockHash, index);
+        if (_isResolved(blockHash, index)) revert AuditAlreadyResolved(blockHash, index);
+        _checkHolds(stored, holds);
+
+        _resolve(blockHash, index);
+        _rejectedBits[blockHash][index >> 8] |= 1 << (index & 0xff);
+        _refund(blockHash, index, holds);
+
+        BlockAudit memory audit = _audits[blockHash];
+        audit.rejected += 1;
+        _store(blockHash, audit, stored.approvedCount);
+    }
+
+
+    /// @inheritdoc ISettlementAudit
+    function verifySignature(bytes calldata record, bytes calldata signature)
+        external
+        view
+        returns (bool)
+    {
+        if (record.length != SettlementRecords.RECORD_LENGTH) {
+            revert AuditMalformedRecord(record.length, SettlementRecords.RECORD_LENGTH);
+        }
+        bytes8 terminalId = record.decode().terminalId;
+        (bytes memory modulus, bytes memory exponent) = registry.publicKeyOf(terminalId);
+        if (modulus.length == 0) revert AuditUnknownTerminal(terminalId);
+
+        return RSA.pkcs1Sha256(record.digest(), signature, exponent, modulus);
+    }
+
+    /// @inheritdoc ISettlementAudit
+    function auditOf(bytes32 blockHash) external view returns (BlockAudit memory) {
+        return _audits[blockHash];
+    }
+
+    /// @inheritdoc ISettlementAudit
+    function statusOf(bytes32 blockHash, uint256 index) external view returns (RecordStatus) {
+        if (index >= ledger.blockOf(blockHash).recordCount) return RecordStatus.Unknown;
+        if (!ledger.isApproved(blockHash, index)) return RecordStatus.RejectedByRules;
+        if (!_isResolved(blockHash, index)) return RecordStatus.Held;
+        if (_rejectedBits[blockHash][index >> 8] & (1 << (index & 0xff)) != 0) {
+            return RecordStatus.RejectedByAudit;
+        }
+        return RecordStatus.Settled;
+    }
+
+
+    function _storedBlock(bytes32 blockHash)
+        private
+        view
+        returns (ILedger.StoredBlock memory stored)
+    {
+        stored = ledger.blockOf(blockHash);
+        if (stored.recordCount == 0) revert AuditUnknownBlock(blockHash);
+    }
+
+    function _checkBlockProof(ILedger.StoredBlock memory stored, bytes32[] calldata leafHashes)
+        private
+        pure
+    {
+        if (leafHashes.length != stored.recordCount) {
+            revert AuditLeafCount(stored.recordCount, leafHashes.length);
+        }
+        bytes32 computed = AuditTree.rootOf(leafHashes);
+        if (computed != stored.recordsRoot) revert AuditRootMismatch(stored.recordsRoot, computed);
+    }
+
+    function _checkHolds(ILedger.StoredBlock memory stored, bytes calldata holds) private pure {
+        uint256 expected = uint256(stored.recordCount) * SettlementRecords.HOLD_LENGTH;
+        if (holds.length != expected) revert AuditMalformedHolds(holds.length, expected);
+
+        bytes32 digest;
+        for (uint256 o = 0; o < expected; o += SettlementRecords.HOLD_LENGTH) {
+            digest = SettlementRecords.chainHoldPacked(
+                digest, holds[o:o + SettlementRecords.HOLD_LENGTH]
+            );
+        }
+        if (digest != stored.holdsDigest) revert AuditHoldsMismatch(stored.holdsDigest, digest);
+    }
+
+    function _rootFromProof(
+        ILedger.StoredBlock memory stored,
+        uint256 index,
+        bytes calldata leaf,
+        bytes32[] calldata proof
+    ) private pure returns (bytes32) {
+        if (leaf.length != SettlementRecords.LEAF_LENGTH) {
+            revert AuditMalformedLeaf(leaf.length, SettlementRecords.LEAF_LENGTH);
+        }
+        bytes32 leafHash = AuditTree.hashLeafCalldata(leaf);
+        return AuditTree.rootFromInclusionProof(index, stored.recordCount, leafHash, proof);
+    }
+
+    /// @dev Like {_rootFromProof} compared with the root, but a leaf or proof of the wrong
+    /// shape is a mismatch rather than an error: it is what claim 8 rejects.
+    function _proofMatches(
+        ILedger.StoredBlock memory stored,
+        uint256 index,
+        bytes calldata leaf,
+        bytes32[] calldata proof
+    ) private pure returns (bool) {
+        if (index >= stored.recordCount) {
+            revert AuditTree.AuditTreeIndexOutOfRange(index, stored.recordCount);
+        }
+        if (leaf.length != SettlementRecords.LEAF_LENGTH) return false;
+        if (proof.length != AuditTree.inclusionProofLength(index, stored.recordCount)) {
+            return false;
+        }
+        return _rootFromProof(stored, index, leaf, proof) == stored.recordsRoot;
+    }
+
+    /// @dev Settles every approved, open record: 256 at a time, reading the Ledger's
+    /// rejections and this contract's resolutions once per word.
+    function _settleOpen(bytes32 blockHash, uint256 count, bytes calldata holds)
+        private
+        returns (uint256 settled)
+    {
+        address[] memory merchants = new address[](count);
+        uint256[] memory amounts = new uint256[](count);
+        uint256 entries;
+        for (uint256 word = 0; word << 8 < count; ++word) {
+            uint256 closed = ledger.rejectedBitsOf(blockHash, word)
+                | _resolvedBits[blockHash][word];
+            uint256 end = count - (word << 8) < 256 ? count - (word << 8) : 256;
+            uint256 opened;
+            for (uint256 bit = 0; bit < end; ++bit) {
+                if (closed & (1 << bit) != 0) continue;
+                (address merchant, uint64 amount) = _holdAt(holds, (word << 8) | bit);
+                entries = _addRelease(merchants, amounts, entries, merchant, amount);
+                opened |= 1 << bit;
+            }
+            if (opened != 0) {
+                _resolvedBits[blockHash][word] |= opened;
+                settled += _popCount(opened);
+            }
+        }
+
+        // Shrinking a memory array in place is safe: nothing is allocated after it.
+        assembly ("memory-safe") {
+            mstore(merchants, entries)
+            mstore(amounts, entries)
+        }
+        if (entries != 0) _release(merchants, amounts);
+    }
+
+    /// @dev Adds `amount` to `merchant`'s entry among the last `MERCHANT_LOOKBACK` ones,
+    /// or starts a new entry; returns the number of entries.
+    function _addRelease(
+        address[] memory merchants,
+        uint256[] memory amounts,
+        uint256 entries,
+        address merchant,
+        uint64 amount
+    ) private pure returns (uint256) {
+        uint256 first = entries > MERCHANT_LOOKBACK ? entries - MERCHANT_LOOKBACK : 0;
+        for (uint256 j = entries; j > first; --j) {
+            if (merchants[j - 1] == merchant) {
+                amounts[j - 1] += amount;
+                return entries;
+            }
+        }
+        merchants[entries] = merchant;
+        amounts[entries] = amount;
+        return entries + 1;
+    }
+
+    function _refund(bytes32 blockHash, uint256 index, bytes calldata holds) private {
+        uint256 o = index * SettlementRecords.HOLD_LENGTH;
+        bytes8 terminalId = bytes8(holds[o:o + 8]);
+        uint64 sequence = uint64(bytes8(holds[o + 8:o + 16]));
+        (address merchant, uint64 amount) = _holdAt(holds, index);
+        address payer = address(bytes20(holds[o + 44:o + 64]));
+
+        ledger.refund(payer, merchant, amount);
+        emit TransactionRejected(
+            terminalId,
+            payer,
+            ILedger.StatusCode.ProofMismatch,
+            blockHash,
+            uint32(index),
+            sequence,
+            amount
+        );
+    }
+
+    function _release(address[] memory merchants, uint256[] memory amounts) private {
+        ledger.release(merchants, amounts);
+    }
+
+    function _store(bytes32 blockHash, BlockAudit memory audit, uint32 approved) private {
+        audit.complete = audit.settled + audit.rejected == approved;
+        _audits[blockHash] = audit;
+        if (audit.complete) emit SettlementComplete(blockHash, audit.settled, audit.rejected);
+    }
+
+    function _resolve(bytes32 blockHash, uint256 index) private {
+        _resolvedBits[blockHash][index >> 8] |= 1 << (index & 0xff);
+    }
+
+    function _isResolved(bytes32 blockHash, uint256 index) private view returns (bool) {
+        return _resolvedBits[blockHash][index >> 8] & (1 << (index & 0xff)) != 0;
+    }
+
+    function _holdAt(bytes calldata holds, uint256 index)
+        private
+        pure
+        returns (address merchant, uint64 amount)
+    {
+        uint256 o = index * SettlementRecords.HOLD_LENGTH;
+        amount = uint64(bytes8(holds[o + 16:o + 24]));
+        merchant = address(bytes20(holds[o + 24:o + 44]));
+    }
+
+    function _single(address merchant) private pure returns (address[] memory list) {
+        list = new address[](1);
+        list[0] = merchant;
+    }
+
+    function _single(uint64 amount) private pure returns (uint256[] memory list) {
+        list = new uint256[](1);
+        list[0] = amount;
+    }
+
+    /// @dev Number of set bits in `x`, one bit at a time: a word's count runs once per
+    /// 256 records.
+    function _popCount(uint256 x) private pure returns (uint256 n) {
+        for (; x != 0; x &= x - 1) ++n;
+    }
+}
