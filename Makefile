@@ -1,10 +1,12 @@
 # The two commands a user needs are `make demo` and `make test`; every target sets up
-# what it needs (.venv, node_modules, the solc shim) and skips work already done.
+# what it needs (.venv, .venv-slither, node_modules, the solc shim) and skips work
+# already done.
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+SLITHER_VENV := .venv-slither
 SOLC_VERSION := 0.8.28
 ARCH := $(subst x86_64,amd64,$(subst aarch64,arm64,$(shell uname -m)))
 FOUNDRY_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-$(ARCH)/bin
@@ -16,17 +18,29 @@ export SOLCX_BINARY_PATH := $(CURDIR)/.solcx
 export PATH := $(FOUNDRY_BIN):$(FORGE_BIN):$(CURDIR)/$(BIN):$(PATH)
 
 VENV_STAMP := $(VENV)/.installed
+SLITHER_STAMP := $(SLITHER_VENV)/.installed
 NODE_STAMP := node_modules/.installed
 SOLC_SHIM := .solcx/solc-v$(SOLC_VERSION)
 BUILD_STAMP := .build/__local__.json
 
-.PHONY: setup compile demo test test-python test-contracts test-devnet lint bench clean
+.PHONY: setup compile demo test test-python test-contracts test-devnet lint slither \
+	bench clean
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(SOLC_SHIM)
 
 $(VENV_STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+# slither-analyzer brings solc-select, whose `solc` command downloads a compiler the
+# first time it runs. A venv of its own keeps that command off PATH, where
+# toolchain/install-solc.sh would take it for a native solc. requirements.lock pins
+# slither and all it pulls in, at the versions .venv has.
+$(SLITHER_STAMP): requirements.lock
+	test -x $(SLITHER_VENV)/bin/python || $(PYTHON) -m venv $(SLITHER_VENV)
+	$(SLITHER_VENV)/bin/pip install --quiet --disable-pip-version-check \
+		-c requirements.lock slither-analyzer
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
@@ -46,7 +60,13 @@ compile: $(BUILD_STAMP)
 demo: compile
 	$(BIN)/posaudit demo
 
-lint: setup
+# Analyses contracts/*.sol (not contracts/test/) with the filters in slither.config.json
+# and fails on any finding of medium or high impact.
+slither: $(SLITHER_STAMP) $(NODE_STAMP) $(SOLC_SHIM)
+	$(SLITHER_VENV)/bin/slither contracts --config-file slither.config.json \
+		--solc $(SOLC_SHIM)
+
+lint: setup slither
 	$(BIN)/ruff check posaudit tests scripts
 	$(BIN)/ruff format --check posaudit tests scripts
 

@@ -319,13 +319,13 @@ contract Ledger is ILedger, AccessControl, Pausable {
         returns (uint32 approved, bytes32 holdsDigest)
     {
         Clock memory clock = _clock();
-        uint256 bits;
+        uint256 bits = 0;
         for (uint256 i = 0; i < count; ++i) {
             SettlementRecords.Record memory record = _leafAt(leaves, i).decode();
-            holdsDigest = SettlementRecords.chainHold(holdsDigest, record);
             StatusCode code = _applyRules(record, clock);
             if (code == StatusCode.Approved) {
                 ++approved;
+                holdsDigest = SettlementRecords.chainHold(holdsDigest, record);
                 emit TransactionApproved(
                     record.terminalId, record.payer, record.merchant, blockHash, uint32(i),
                     record.sequence, record.amount
@@ -377,13 +377,16 @@ contract Ledger is ILedger, AccessControl, Pausable {
         if (record.validUntil < clock.now_) return StatusCode.Expired;
 
         Account memory account = _accounts[record.payer];
+        // slither-disable-next-line incorrect-equality (a flag bit test)
         if (account.flags & FLAG_OPEN == 0) return StatusCode.UnknownPayer;
         if (account.flags & FLAG_FROZEN != 0) return StatusCode.PayerFrozen;
+        // slither-disable-next-line incorrect-equality (a flag bit test)
         if (account.flags & FLAG_KYC == 0) return StatusCode.PayerNotKyc;
         if (!_oldEnough(account.birthDate, _minimumAge[record.goodsCategory], clock.date)) {
             return StatusCode.UnderAge;
         }
         if (record.amount > account.balance) return StatusCode.InsufficientBalance;
+        // slither-disable-next-line incorrect-equality (the same UTC day is the rule)
         uint256 spent = account.spentDay == clock.day ? account.spentToday : 0;
         if (spent + record.amount > account.dailyLimit) return StatusCode.DailyLimitExceeded;
         return StatusCode.Approved;
@@ -394,6 +397,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
         // Cannot underflow or overflow: _checkPayment proved amount <= balance and
         // spentToday + amount <= dailyLimit, a uint64.
         unchecked {
+            // slither-disable-next-line incorrect-equality (the same UTC day is the rule)
             uint64 spent = account.spentDay == clock.day ? account.spentToday : 0;
             account.balance -= record.amount;
             account.spentToday = spent + record.amount;
@@ -418,12 +422,14 @@ contract Ledger is ILedger, AccessControl, Pausable {
         returns (bool)
     {
         if (minimumAge == 0) return true;
+        // slither-disable-next-line incorrect-equality (0 means no birth date on file)
         if (birthDate == 0) return false;
         return today >= birthDate && today - birthDate >= uint256(minimumAge) * 10_000;
     }
 
     /// @dev Gregorian yyyymmdd of a Unix timestamp (days-to-civil of the proleptic
     /// calendar, written for unsigned inputs since timestamps are never negative).
+    // slither-disable-next-line divide-before-multiply (each division is a meant floor)
     function _civilDate(uint256 timestamp) private pure returns (uint256) {
         uint256 z = timestamp / 1 days + 719_468;
         uint256 era = z / 146_097;

@@ -29,6 +29,15 @@ import {SettlementRecords} from "./SettlementRecords.sol";
 contract SettlementAudit is ISettlementAudit, AccessControl {
     using SettlementRecords for bytes;
 
+    /// @dev What a block audit owes merchants so far: `entries` (merchant, amount) pairs,
+    /// and `hold`, the position in the holds list of the next approved record.
+    struct Releases {
+        address[] merchants;
+        uint256[] amounts;
+        uint256 entries;
+        uint256 hold;
+    }
+
     bytes32 public constant AUDITOR_ROLE = keccak256("AUDITOR_ROLE");
 
     /// @dev Distinct merchants a whole-block audit looks back over before it starts a new
@@ -63,10 +72,13 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         _checkBlockProof(stored, leafHashes);
         _checkHolds(stored, holds);
 
-        settled = _settleOpen(blockHash, stored.recordCount, holds);
+        Releases memory releases;
+        (settled, releases) = _settleOpen(blockHash, stored.recordCount, holds);
         // At most 1024 records per block, so the count fits.
         audit.settled += uint32(settled);
         _store(blockHash, audit, stored.approvedCount);
+
+        _releaseAll(releases);
     }
 
     /// @inheritdoc ISettlementAudit
@@ -84,12 +96,12 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
 
         SettlementRecords.Record memory record = leaf.decode();
         _resolve(blockHash, index);
-        _release(_single(record.merchant), _single(record.amount));
         emit RecordSettled(blockHash, uint32(index), record.merchant, record.amount);
-
         BlockAudit memory audit = _audits[blockHash];
         audit.settled += 1;
         _store(blockHash, audit, stored.approvedCount);
+
+        ledger.release(_single(record.merchant), _single(record.amount));
         return true;
     }
 
@@ -109,11 +121,12 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
 
         _resolve(blockHash, index);
         _rejectedBits[blockHash][index >> 8] |= 1 << (index & 0xff);
-        _refund(blockHash, index, holds);
-
+        (address payer, address merchant, uint64 amount) = _reject(blockHash, index, holds);
         BlockAudit memory audit = _audits[blockHash];
         audit.rejected += 1;
         _store(blockHash, audit, stored.approvedCount);
+
+        ledger.refund(payer, merchant, amount);
     }
 
 
@@ -171,10 +184,10 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
     }
 
     function _checkHolds(ILedger.StoredBlock memory stored, bytes calldata holds) private pure {
-        uint256 expected = uint256(stored.recordCount) * SettlementRecords.HOLD_LENGTH;
+        uint256 expected = uint256(stored.approvedCount) * SettlementRecords.HOLD_LENGTH;
         if (holds.length != expected) revert AuditMalformedHolds(holds.length, expected);
 
-        bytes32 digest;
+        bytes32 digest = 0;
         for (uint256 o = 0; o < expected; o += SettlementRecords.HOLD_LENGTH) {
             digest = SettlementRecords.chainHoldPacked(
                 digest, holds[o:o + SettlementRecords.HOLD_LENGTH]
@@ -214,69 +227,93 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         return _rootFromProof(stored, index, leaf, proof) == stored.recordsRoot;
     }
 
-    /// @dev Settles every approved, open record: 256 at a time, reading the Ledger's
-    /// rejections and this contract's resolutions once per word.
+    /// @dev Marks every approved, open record settled, 256 at a time, and sums what each
+    /// merchant is owed.
     function _settleOpen(bytes32 blockHash, uint256 count, bytes calldata holds)
         private
-        returns (uint256 settled)
+        returns (uint256 settled, Releases memory releases)
     {
-        address[] memory merchants = new address[](count);
-        uint256[] memory amounts = new uint256[](count);
-        uint256 entries;
+        releases = Releases(new address[](count), new uint256[](count), 0, 0);
         for (uint256 word = 0; word << 8 < count; ++word) {
-            uint256 closed = ledger.rejectedBitsOf(blockHash, word)
-                | _resolvedBits[blockHash][word];
             uint256 end = count - (word << 8) < 256 ? count - (word << 8) : 256;
-            uint256 opened;
-            for (uint256 bit = 0; bit < end; ++bit) {
-                if (closed & (1 << bit) != 0) continue;
-                (address merchant, uint64 amount) = _holdAt(holds, (word << 8) | bit);
-                entries = _addRelease(merchants, amounts, entries, merchant, amount);
-                opened |= 1 << bit;
-            }
+            uint256 opened = _settleWord(blockHash, word, end, holds, releases);
             if (opened != 0) {
                 _resolvedBits[blockHash][word] |= opened;
                 settled += _popCount(opened);
             }
         }
+    }
 
-        // Shrinking a memory array in place is safe: nothing is allocated after it.
+    /// @dev Releases what a block audit owes, in one call to the Ledger.
+    function _releaseAll(Releases memory releases) private {
+        if (releases.entries == 0) return;
+        address[] memory merchants = releases.merchants;
+        uint256[] memory amounts = releases.amounts;
+        uint256 entries = releases.entries;
+        // Shrinking a memory array in place is safe: its tail is simply never read.
         assembly ("memory-safe") {
             mstore(merchants, entries)
             mstore(amounts, entries)
         }
-        if (entries != 0) _release(merchants, amounts);
+        ledger.release(merchants, amounts);
+    }
+
+    /// @dev Adds the open records of one 256-record word to `releases`, reading the
+    /// Ledger's rejections and this contract's resolutions once. The holds list only
+    /// approved records, so `releases.hold` counts approved positions, open or not.
+    /// @return opened The bits of the records settled.
+    function _settleWord(
+        bytes32 blockHash,
+        uint256 word,
+        uint256 end,
+        bytes calldata holds,
+        Releases memory releases
+    ) private view returns (uint256 opened) {
+        uint256 rejected = ledger.rejectedBitsOf(blockHash, word);
+        uint256 resolved = _resolvedBits[blockHash][word];
+        for (uint256 bit = 0; bit < end; ++bit) {
+            uint256 mask = 1 << bit;
+            if (rejected & mask != 0) continue;
+            if (resolved & mask == 0) {
+                (address merchant, uint64 amount) = _holdAt(holds, releases.hold);
+                _addRelease(releases, merchant, amount);
+                opened |= mask;
+            }
+            ++releases.hold;
+        }
     }
 
     /// @dev Adds `amount` to `merchant`'s entry among the last `MERCHANT_LOOKBACK` ones,
-    /// or starts a new entry; returns the number of entries.
-    function _addRelease(
-        address[] memory merchants,
-        uint256[] memory amounts,
-        uint256 entries,
-        address merchant,
-        uint64 amount
-    ) private pure returns (uint256) {
+    /// or starts a new entry.
+    function _addRelease(Releases memory releases, address merchant, uint64 amount)
+        private
+        pure
+    {
+        uint256 entries = releases.entries;
         uint256 first = entries > MERCHANT_LOOKBACK ? entries - MERCHANT_LOOKBACK : 0;
         for (uint256 j = entries; j > first; --j) {
-            if (merchants[j - 1] == merchant) {
-                amounts[j - 1] += amount;
-                return entries;
+            if (releases.merchants[j - 1] == merchant) {
+                releases.amounts[j - 1] += amount;
+                return;
             }
         }
-        merchants[entries] = merchant;
-        amounts[entries] = amount;
-        return entries + 1;
+        releases.merchants[entries] = merchant;
+        releases.amounts[entries] = amount;
+        releases.entries = entries + 1;
     }
 
-    function _refund(bytes32 blockHash, uint256 index, bytes calldata holds) private {
-        uint256 o = index * SettlementRecords.HOLD_LENGTH;
+    /// @dev Reads record `index`'s hold and reports its rejection; the caller refunds.
+    function _reject(bytes32 blockHash, uint256 index, bytes calldata holds)
+        private
+        returns (address payer, address merchant, uint64 amount)
+    {
+        uint256 hold = index - _rejectedBefore(blockHash, index);
+        uint256 o = hold * SettlementRecords.HOLD_LENGTH;
         bytes8 terminalId = bytes8(holds[o:o + 8]);
         uint64 sequence = uint64(bytes8(holds[o + 8:o + 16]));
-        (address merchant, uint64 amount) = _holdAt(holds, index);
-        address payer = address(bytes20(holds[o + 44:o + 64]));
+        (merchant, amount) = _holdAt(holds, hold);
+        payer = address(bytes20(holds[o + 44:o + 64]));
 
-        ledger.refund(payer, merchant, amount);
         emit TransactionRejected(
             terminalId,
             payer,
@@ -288,8 +325,13 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         );
     }
 
-    function _release(address[] memory merchants, uint256[] memory amounts) private {
-        ledger.release(merchants, amounts);
+    /// @dev Number of records before `index` that the rules rejected.
+    function _rejectedBefore(bytes32 blockHash, uint256 index) private view returns (uint256 n) {
+        for (uint256 word = 0; word <= index >> 8; ++word) {
+            uint256 bits = ledger.rejectedBitsOf(blockHash, word);
+            if (word == index >> 8) bits &= (1 << (index & 0xff)) - 1;
+            n += _popCount(bits);
+        }
     }
 
     function _store(bytes32 blockHash, BlockAudit memory audit, uint32 approved) private {
@@ -306,12 +348,12 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         return _resolvedBits[blockHash][index >> 8] & (1 << (index & 0xff)) != 0;
     }
 
-    function _holdAt(bytes calldata holds, uint256 index)
+    function _holdAt(bytes calldata holds, uint256 hold)
         private
         pure
         returns (address merchant, uint64 amount)
     {
-        uint256 o = index * SettlementRecords.HOLD_LENGTH;
+        uint256 o = hold * SettlementRecords.HOLD_LENGTH;
         amount = uint64(bytes8(holds[o + 16:o + 24]));
         merchant = address(bytes20(holds[o + 24:o + 44]));
     }
@@ -326,8 +368,8 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         list[0] = amount;
     }
 
-    /// @dev Number of set bits in `x`, one bit at a time: a word's count runs once per
-    /// 256 records.
+    /// @dev Number of set bits in `x`, one bit at a time: it runs once per 256 records,
+    /// or on the rare audit rejection.
     function _popCount(uint256 x) private pure returns (uint256 n) {
         for (; x != 0; x &= x - 1) ++n;
     }

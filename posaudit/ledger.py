@@ -44,6 +44,18 @@ class AppendResult:
     outcomes: tuple[RecordOutcome, ...]
 
 
+@dataclass(frozen=True)
+class ChainBlock:
+    """What the Ledger keeps of a block: the facts an audit checks against."""
+
+    records_root: bytes
+    record_count: int
+    approved_count: int
+    height: int
+    timestamp: int
+    holds_digest: bytes
+
+
 def terminal_bytes(terminal_id: str) -> bytes:
     """A terminal id as the contracts' ``bytes8``."""
     return terminal_id.encode("ascii")
@@ -138,11 +150,23 @@ class LedgerClient:
         block_hash, height = self.ledger.functions.head().call()
         return bytes(block_hash), int(height)
 
+    def block_of(self, block_hash: bytes) -> ChainBlock:
+        """What the Ledger stored of a block (all zero for an unknown hash)."""
+        stored = self.ledger.functions.blockOf(block_hash).call()
+        return ChainBlock(
+            records_root=bytes(stored[0]),
+            record_count=int(stored[1]),
+            approved_count=int(stored[2]),
+            height=int(stored[3]),
+            timestamp=int(stored[4]),
+            holds_digest=bytes(stored[5]),
+        )
+
     def _next_header(self, leaves: Sequence[bytes]) -> BlockHeader:
         prev_hash, _ = self.head()
-        parent = self.ledger.functions.blockOf(prev_hash).call()
+        parent = self.block_of(prev_hash)
         now = int(self.w3.eth.get_block("latest")["timestamp"])
-        timestamp = max(now, int(parent[3]))
+        timestamp = max(now, parent.timestamp)
         target = int(self.ledger.functions.target().call())
         return build_header(prev_hash, leaves, timestamp, target)
 

@@ -43,10 +43,11 @@ interface ILedger {
     }
 
     /// @notice What the Ledger keeps of an accepted block.
-    /// @dev `holdsDigest` chains, record by record, what the audit needs to move each
-    /// record's money (see {SettlementRecords-chainHold}). The Ledger computes it from
-    /// the same leaves as the records root, in the same transaction, so the audit can
-    /// trust a list of holds that reproduces it.
+    /// @dev `holdsDigest` chains, approved record by approved record, what the audit
+    /// needs to move each one's money (see {SettlementRecords-chainHold}). The Ledger
+    /// computes it from the same leaves as the records root, in the same transaction, so
+    /// the audit can trust a list of holds that reproduces it; and anyone can rebuild
+    /// that list from the block's `TransactionApproved` events alone.
     struct StoredBlock {
         bytes32 recordsRoot;
         uint32 recordCount;

@@ -73,7 +73,7 @@ interface ISettlementAudit {
     /// @notice Thrown when a block audit brings another number of leaves than the block has.
     error AuditLeafCount(uint256 expected, uint256 got);
 
-    /// @notice Thrown when the holds are not 64 bytes for each record of the block.
+    /// @notice Thrown when the holds are not 64 bytes for each approved record.
     error AuditMalformedHolds(uint256 length, uint256 expected);
 
     /// @notice Thrown when the holds do not reproduce the digest the Ledger stored.
@@ -89,8 +89,9 @@ interface ISettlementAudit {
     /// @dev Anyone may call it: it moves money only as the Ledger committed when the
     /// block was appended. `leafHashes` must reproduce the block's records root (the
     /// audit of every record's proof at once) and `holds` its holds digest (64 bytes per
-    /// record, see {SettlementRecords-chainHold}). A block whose settlement is complete is
-    /// left unchanged. Emits `SettlementComplete` when the block completes.
+    /// approved record in index order, see {SettlementRecords-chainHold}). A block whose
+    /// settlement is complete is left unchanged. Emits `SettlementComplete` when the
+    /// block completes.
     /// @return settled Number of records this call settled.
     function auditBlock(bytes32 blockHash, bytes32[] calldata leafHashes, bytes calldata holds)
         external
@@ -111,9 +112,9 @@ interface ISettlementAudit {
     /// @notice Rejects record `index` of a block because the bookkeeper's proof for it
     /// does not match the stored root (claim 8), returning its hold to the payer.
     /// @dev Requires the auditor role, a proof that does not match (a malformed one
-    /// counts) and an open, approved record. `holds` is the block's full list, checked
-    /// against its digest, so the refund goes to the payer the Ledger saw, whatever the
-    /// mismatching leaf says. Emits `TransactionRejected` with `ProofMismatch`, and
+    /// counts) and an open, approved record. `holds` is the block's list as in
+    /// {auditBlock}, checked against its digest, so the refund goes to the payer the
+    /// Ledger saw, whatever the mismatching leaf says. Emits `TransactionRejected` with `ProofMismatch`, and
     /// `SettlementComplete` when it was the block's last open record.
     function rejectRecord(
         bytes32 blockHash,

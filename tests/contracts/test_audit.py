@@ -39,7 +39,11 @@ def settle_block(append: Any, audit: Any) -> Any:
     def factory(records: Sequence[SignedRecord], **kwargs: Any) -> Block:
         appended = append(records, **kwargs)
         tree = AuditTree.from_leaves(record.leaf for record in records)
-        holds = b"".join(encode_hold(record.record) for record in records)
+        holds = b"".join(
+            encode_hold(record.record)
+            for record, code in zip(records, appended.codes, strict=True)
+            if code == StatusCode.APPROVED
+        )
         return Block(
             appended.header.block_hash, list(records), tree, holds, appended.receipt
         )
@@ -522,6 +526,29 @@ class TestRejectRecord:
 
         assert ledger.accountOf(payers[1]).balance == 100_000
         assert ledger.accountOf(payers[7]).balance == 100_000
+
+    def test_refund_after_a_rule_rejection_finds_its_own_hold(
+        self, audit, ledger, settle_block, make_record, payers, owner
+    ):
+        """Holds list approved records only; the refund skips the rejected one."""
+        records = [
+            make_record(amount=100, payer=payers[0]),
+            make_record(amount=999_999, payer=payers[1]),  # insufficient balance
+            make_record(amount=300, payer=payers[2]),
+        ]
+        block = settle_block(records)
+
+        audit.rejectRecord(
+            block.block_hash,
+            2,
+            records[2].leaf,
+            self.bad_proof(block, 2),
+            block.holds,
+            sender=owner,
+        )
+
+        assert ledger.accountOf(payers[2]).balance == 100_000
+        assert ledger.accountOf(payers[0]).balance == 100_000 - 100
 
     def test_block_completes_with_settled_and_rejected_counts(
         self, audit, block, owner
