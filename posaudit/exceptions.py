@@ -88,3 +88,31 @@ class DevnetError(ChainError):
 
 class BlockRejectedError(ChainError):
     """The Ledger refused a settlement block (a custom error from the contract)."""
+
+
+class NodeUnreachableError(ChainError):
+    """The chain node does not answer at its RPC endpoint."""
+
+
+class DeploymentMismatchError(ChainError):
+    """The deployment does not exist on the connected chain.
+
+    The chain id differs from the deployment's, or an address of the deployment holds
+    no contract code there.
+    """
+
+
+class StoreError(PosauditError):
+    """The store (SQLite) cannot do what was asked."""
+
+
+class RecordConflictError(StoreError):
+    """A record reuses the terminal and sequence, or the id, of a different record."""
+
+
+class RecordNotFoundError(StoreError, LookupError):
+    """No record or block with the given id is in the store."""
+
+
+class AuditError(PosauditError):
+    """The audit module could not settle or reject a block's records."""

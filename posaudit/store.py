@@ -1,0 +1,337 @@
+"""The store: the outbox of signed records and what became of each, in one SQLite file.
+
+The gateway adds records to the outbox; the bookkeeper takes them out in order, puts
+them on chain and writes back, in one transaction per block, the block, every record's
+place in it and every record's inclusion proof. Receipts and the audit read the proofs
+from here long after the block.
+
+Durability: WAL journal with ``synchronous=FULL``, so a record the store has accepted
+survives a crash of the process or of the machine.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from posaudit.audittree import HASH_SIZE, AuditTree
+from posaudit.exceptions import RecordConflictError, RecordNotFoundError, StoreError
+from posaudit.records import SignedRecord, decode_record
+from posaudit.rules import StatusCode
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    block_hash BLOB PRIMARY KEY,
+    height INTEGER NOT NULL UNIQUE,
+    records_root BLOB NOT NULL,
+    record_count INTEGER NOT NULL,
+    chain_block INTEGER NOT NULL,
+    transaction_hash BLOB NOT NULL,
+    timestamp INTEGER NOT NULL,
+    audit_transaction BLOB
+);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    record_id BLOB NOT NULL UNIQUE,
+    terminal_id TEXT NOT NULL,
+    sequence BLOB NOT NULL,
+    encoding BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    block_hash BLOB REFERENCES blocks (block_hash),
+    leaf_index INTEGER,
+    proof BLOB,
+    code INTEGER,
+    UNIQUE (terminal_id, sequence)
+);
+CREATE INDEX IF NOT EXISTS records_in_outbox ON records (id) WHERE block_hash IS NULL;
+CREATE INDEX IF NOT EXISTS records_by_block ON records (block_hash, leaf_index);
+"""
+
+_RECORD_COLUMNS = (
+    "encoding, signature, received_at, block_hash, leaf_index, proof, code"
+)
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """A settlement block as the bookkeeper put it on chain."""
+
+    block_hash: bytes
+    height: int
+    records_root: bytes
+    record_count: int
+    chain_block: int
+    transaction_hash: bytes
+    timestamp: int
+    audit_transaction: bytes | None
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A signed record and, once it is in a block, its place, proof and status code."""
+
+    signed: SignedRecord
+    received_at: float
+    block_hash: bytes | None = None
+    leaf_index: int | None = None
+    proof: tuple[bytes, ...] | None = None
+    code: StatusCode | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one record of a new block sits, and what the Ledger said of it."""
+
+    leaf_index: int
+    code: StatusCode
+
+
+class Store:
+    """The outbox and archive of one gateway and its bookkeeper.
+
+    Args:
+        path: The SQLite file; created with its folder when missing.
+
+    Raises:
+        StoreError: The file cannot be opened as a database.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"Cannot open the store {self.path}: {err}.") from err
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+        self._db.execute("COMMIT")
+
+    def add(self, signed: SignedRecord) -> tuple[StoredRecord, bool]:
+        """Put a record in the outbox, once.
+
+        Returns:
+            The stored record, and whether this call added it (False when the same
+            record was already there: a repeated submission).
+
+        Raises:
+            RecordConflictError: Another record already holds this record id or this
+                terminal id and sequence number.
+        """
+        record = signed.record
+        with self._transaction() as db:
+            existing = self._find_same(db, signed)
+            if existing is not None:
+                return existing, False
+
+            db.execute(
+                "INSERT INTO records (record_id, terminal_id, sequence, encoding,"
+                " signature, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.record_id,
+                    record.terminal_id,
+                    _sequence_key(record.sequence),
+                    signed.encoding,
+                    signed.signature,
+                    time.time(),
+                ),
+            )
+
+        return self.record(record.record_id), True
+
+    def _find_same(
+        self, db: sqlite3.Connection, signed: SignedRecord
+    ) -> StoredRecord | None:
+        record = signed.record
+        rows = db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records"
+            " WHERE record_id = ? OR (terminal_id = ? AND sequence = ?)",
+            (record.record_id, record.terminal_id, _sequence_key(record.sequence)),
+        ).fetchall()
+        for row in rows:
+            stored = _stored_record(row)
+            if stored.signed.encoding != signed.encoding:
+                other = stored.signed.record
+                raise RecordConflictError(
+                    f"Record {record.record_id.hex()} (terminal {record.terminal_id},"
+                    f" sequence {record.sequence}) conflicts with stored record"
+                    f" {other.record_id.hex()} (terminal {other.terminal_id},"
+                    f" sequence {other.sequence}), whose content differs."
+                )
+
+            return stored
+
+        return None
+
+    def pending(self, limit: int) -> list[StoredRecord]:
+        """The oldest ``limit`` records of the outbox that are in no block yet."""
+        rows = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE block_hash IS NULL"
+            " ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [_stored_record(row) for row in rows]
+
+    def save_block(
+        self,
+        block: StoredBlock,
+        records: Sequence[SignedRecord],
+        tree: AuditTree,
+        codes: Sequence[StatusCode],
+    ) -> None:
+        """Record a block the Ledger accepted, with each record's place and proof.
+
+        Records not yet in the outbox are added. All of it is one transaction.
+
+        Raises:
+            StoreError: The tree or the codes do not match the records.
+        """
+        if tree.size != len(records) or len(codes) != len(records):
+            raise StoreError(
+                f"A block of {len(records)} records needs as many leaves and codes;"
+                f" got a tree of {tree.size} and {len(codes)} codes."
+            )
+
+        proofs = tree.inclusion_proofs()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    block.block_hash,
+                    block.height,
+                    block.records_root,
+                    block.record_count,
+                    block.chain_block,
+                    block.transaction_hash,
+                    block.timestamp,
+                    block.audit_transaction,
+                ),
+            )
+            for index, signed in enumerate(records):
+                if self._find_same(db, signed) is None:
+                    db.execute(
+                        "INSERT INTO records (record_id, terminal_id, sequence,"
+                        " encoding, signature, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            signed.record.record_id,
+                            signed.record.terminal_id,
+                            _sequence_key(signed.record.sequence),
+                            signed.encoding,
+                            signed.signature,
+                            time.time(),
+                        ),
+                    )
+
+                db.execute(
+                    "UPDATE records SET block_hash = ?, leaf_index = ?, proof = ?,"
+                    " code = ? WHERE record_id = ?",
+                    (
+                        block.block_hash,
+                        index,
+                        b"".join(proofs[index]),
+                        int(codes[index]),
+                        signed.record.record_id,
+                    ),
+                )
+
+    def save_audit(self, block_hash: bytes, transaction_hash: bytes) -> None:
+        """Note the transaction that completed a block's settlement."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE blocks SET audit_transaction = ? WHERE block_hash = ?",
+                (transaction_hash, block_hash),
+            )
+
+    def record(self, record_id: bytes) -> StoredRecord:
+        """The record with this 16-byte id.
+
+        Raises:
+            RecordNotFoundError: No such record.
+        """
+        row = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE record_id = ?", (record_id,)
+        ).fetchone()
+        if row is None:
+            raise RecordNotFoundError(f"No record {record_id.hex()} in {self.path}.")
+
+        return _stored_record(row)
+
+    def block(self, block_hash: bytes) -> StoredBlock:
+        """The block with this hash.
+
+        Raises:
+            RecordNotFoundError: No such block.
+        """
+        row = self._db.execute(
+            "SELECT * FROM blocks WHERE block_hash = ?", (block_hash,)
+        ).fetchone()
+        if row is None:
+            raise RecordNotFoundError(f"No block 0x{block_hash.hex()} in {self.path}.")
+
+        return StoredBlock(*row)
+
+    def block_records(self, block_hash: bytes) -> list[StoredRecord]:
+        """The records of a block, in leaf order."""
+        rows = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE block_hash = ?"
+            " ORDER BY leaf_index",
+            (block_hash,),
+        ).fetchall()
+        return [_stored_record(row) for row in rows]
+
+    def unaudited_blocks(self) -> list[StoredBlock]:
+        """Blocks whose settlement is not yet complete, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM blocks WHERE audit_transaction IS NULL ORDER BY height"
+        ).fetchall()
+        return [StoredBlock(*row) for row in rows]
+
+
+def _sequence_key(sequence: int) -> bytes:
+    # Sequences reach 2**64 - 1, past SQLite's signed integers; 8 big-endian bytes
+    # keep them exact and in order.
+    return sequence.to_bytes(8, "big")
+
+
+def _stored_record(row: tuple[Any, ...]) -> StoredRecord:
+    encoding, signature, received_at, block_hash, leaf_index, proof, code = row
+    return StoredRecord(
+        signed=SignedRecord(decode_record(encoding), signature),
+        received_at=received_at,
+        block_hash=block_hash,
+        leaf_index=leaf_index,
+        proof=None if proof is None else _split_proof(proof),
+        code=None if code is None else StatusCode(code),
+    )
+
+
+def _split_proof(proof: bytes) -> tuple[bytes, ...]:
+    return tuple(proof[i : i + HASH_SIZE] for i in range(0, len(proof), HASH_SIZE))
