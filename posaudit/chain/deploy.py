@@ -45,13 +45,22 @@ def connect(rpc_url: str, timeout: float = 30.0) -> Web3:
 
 
 @contextmanager
-def open_chain(rpc_url: str | None) -> Iterator[Web3]:
-    """A connection to ``rpc_url``, or to a fresh anvil devnet, stopped on exit."""
+def open_chain(rpc_url: str | None, state: Path | None = None) -> Iterator[Web3]:
+    """A connection to ``rpc_url``, or to a local anvil devnet, stopped on exit.
+
+    Args:
+        rpc_url: The node to use; None starts a devnet.
+        state: For a devnet: the file it loads its chain from, when the file exists,
+            and saves it to on exit, so that the next command finds the same chain.
+    """
     if rpc_url is not None:
         yield connect(rpc_url)
         return
 
-    with Devnet() as devnet:
+    if state is not None:
+        state.parent.mkdir(parents=True, exist_ok=True)
+
+    with Devnet(state=state) as devnet:
         yield connect(devnet.rpc_url)
 
 
