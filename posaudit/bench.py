@@ -1,9 +1,10 @@
-"""Gas figures from real receipts on anvil: appending blocks and verifying proofs.
+"""Gas figures from real receipts on anvil: appending, auditing, verifying proofs.
 
-Every figure is measured, none assumed: append gas is the whole transaction's gas
-(the 21,000 base included, which aggregation amortises) over its records, for payers,
-merchants and terminals whose storage slots already hold values; proof gas is the
-execution gas of the library call alone, read with ``gasleft()`` around it.
+Every figure is measured, none assumed: append and audit gas are whole transactions'
+gas (the 21,000 base included, which aggregation amortises) over their records, for
+payers, merchants and terminals whose storage slots already hold values; settle gas is
+append plus whole-block audit; proof gas is the execution gas of the library call
+alone, read with ``gasleft()`` around it.
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ from collections.abc import Callable
 
 from web3 import Web3
 
-from posaudit.audittree import AuditTree
+from posaudit.audit import AuditClient
+from posaudit.audittree import AuditTree, leaf_hash
 from posaudit.chain.deploy import deploy, deploy_contract, open_chain
-from posaudit.ledger import LedgerClient
+from posaudit.ledger import AppendResult, LedgerClient
 from posaudit.records import (
     LEAF_LENGTH,
     Domain,
     SettlementRecord,
     SignedRecord,
+    encode_hold,
     encode_record,
 )
 from posaudit.signing import generate_key, sign
 
-BLOCK_SIZES = (1, 16, 64, 256)
+BLOCK_SIZES = (1, 16, 64, 256, 1024)
 PROOF_DEPTHS = (8, 16, 20)
 TREE_DEPTHS = (16, 20)
 TIMING_RUNS = 3
@@ -87,7 +90,7 @@ class _Workload:
 
 
 def _append_gas(
-    client: LedgerClient, merchant: str, tick: Callable[[], None]
+    client: LedgerClient, audit: AuditClient, merchant: str, tick: Callable[[], None]
 ) -> dict[str, float]:
     now = int(client.w3.eth.get_block("latest")["timestamp"])
     workload = _Workload(client, merchant, now)
@@ -96,14 +99,63 @@ def _append_gas(
     figures: dict[str, float] = {}
     for size in BLOCK_SIZES:
         records = workload.records(workload.fund_payers(size))
-        result = client.append(records)
-        approved = sum(outcome.code == 0 for outcome in result.outcomes)
-        if approved != size:
-            raise RuntimeError(f"Benchmark block of {size} had {approved} approvals.")
+        appended = _append_approved(client, records)
+        block_gas = _audit_block_gas(audit, appended, records)
+        figures[f"append_gas_per_record_n{size}"] = round(appended.gas_used / size)
+        figures[f"audit_gas_per_record_block_n{size}"] = round(block_gas / size)
+        figures[f"settle_gas_per_record_n{size}"] = round(
+            (appended.gas_used + block_gas) / size
+        )
 
-        figures[f"append_gas_per_record_n{size}"] = round(result.gas_used / size)
+        records = workload.records(workload.fund_payers(size))
+        appended = _append_approved(client, records)
+        figures[f"audit_gas_per_record_single_n{size}"] = round(
+            _audit_single_gas(audit, appended, records) / size
+        )
+        figures[f"proof_bytes_n{size}"] = _mean_proof_bytes(size)
         tick()
     return figures
+
+
+def _append_approved(client: LedgerClient, records: list[SignedRecord]) -> AppendResult:
+    result = client.append(records)
+    approved = sum(outcome.code == 0 for outcome in result.outcomes)
+    if approved != len(records):
+        raise RuntimeError(
+            f"Benchmark block of {len(records)} had {approved} approvals."
+        )
+
+    return result
+
+
+def _audit_block_gas(
+    audit: AuditClient, appended: AppendResult, records: list[SignedRecord]
+) -> int:
+    leaf_hashes = [leaf_hash(signed.leaf) for signed in records]
+    holds = b"".join(encode_hold(signed.record) for signed in records)
+    receipt = audit.audit_block(appended.block_hash, leaf_hashes, holds)
+    return int(receipt["gasUsed"])
+
+
+def _audit_single_gas(
+    audit: AuditClient, appended: AppendResult, records: list[SignedRecord]
+) -> int:
+    """Gas of settling every record of a block alone, as merchants with receipts."""
+    tree = AuditTree.from_leaves(signed.leaf for signed in records)
+    proofs = tree.inclusion_proofs()
+    gas = 0
+    for index, signed in enumerate(records):
+        receipt = audit.settle_record(
+            appended.block_hash, index, signed.leaf, proofs[index]
+        )
+        gas += int(receipt["gasUsed"])
+    return gas
+
+
+def _mean_proof_bytes(size: int) -> float:
+    tree = AuditTree([index.to_bytes(32, "big") for index in range(size)])
+    total = sum(len(proof) for proof in tree.inclusion_proofs())
+    return round(32 * total / size, 1)
 
 
 def _verify_gas(w3: Web3, sender: str, tick: Callable[[], None]) -> dict[str, float]:
@@ -176,7 +228,8 @@ def run_bench(
         operator, bookkeeper, merchant = w3.eth.accounts[:3]
         deployment = deploy(w3, operator, bookkeeper)
         client = LedgerClient(w3, deployment, operator, bookkeeper)
-        figures = _append_gas(client, merchant, progress)
+        audit = AuditClient(w3, deployment, operator)
+        figures = _append_gas(client, audit, merchant, progress)
         figures.update(_verify_gas(w3, operator, progress))
     figures.update(_tree_speed(progress))
     return figures
