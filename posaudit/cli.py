@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from posaudit.cli_audit import audit
+
 console = Console()
 
 
@@ -22,27 +24,42 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
 
+cli.add_command(audit)
+
+
 @cli.command()
 @click.option("--rpc", "rpc_url", help="Node with unlocked accounts; anvil if omitted.")
-def demo(rpc_url: str | None) -> None:
-    """Settle a few dozen signed records, every rejection kind; check the verdicts."""
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("out"),
+    show_default=True,
+    help="Folder for the store, the deployment and the devnet's chain (replaced).",
+)
+def demo(rpc_url: str | None, out: Path) -> None:
+    """Settle and audit a few dozen signed records, every rejection kind."""
     from posaudit.demo import run_demo
 
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("appending settlement blocks", total=None)
-        result = run_demo(rpc_url, progress=lambda n: progress.advance(task, n))
+        task = progress.add_task("appending and auditing blocks", total=None)
+        result = run_demo(rpc_url, out, progress=lambda n: progress.advance(task, n))
 
     console.print(_records_table(result))
     console.print(_balances_table(result))
     mismatches = sum(not record.matches for record in result.records)
     console.print(
-        f"{len(result.records)} records, {result.blocks} blocks, "
-        f"{result.gas_used:,} gas; "
+        f"{len(result.records)} records, {result.blocks} blocks "
+        f"({result.blocks_complete} with SettlementComplete), "
+        f"append {result.gas_used:,} gas, audit {result.audit_gas_used:,} gas; "
         + (
-            "[green]every outcome matches the rules model[/]"
+            "[green]every outcome and settlement matches the rules model[/]"
             if result.ok
-            else f"[red]{mismatches} outcomes differ from the rules model[/]"
+            else f"[red]{mismatches} records differ from the rules model[/]"
         )
+    )
+    console.print(
+        f"Store {out / 'posaudit.db'}, deployment {out / 'deployment.json'}, chain "
+        f"{out / 'devnet-state.json'}: try 'posaudit audit blocks' next."
     )
     sys.exit(0 if result.ok else 1)
 
@@ -58,6 +75,7 @@ def _records_table(result: object) -> Table:
         "block",
         "expected",
         "on chain",
+        "settlement",
         "",
     ):
         table.add_column(column)
@@ -82,6 +100,7 @@ def _records_table(result: object) -> Table:
             block,
             expected,
             actual,
+            item.settlement.name if item.settlement is not None else "-",
             "[green]ok[/]" if item.matches else "[red]DIFF[/]",
         )
     return table
@@ -94,8 +113,9 @@ def _balances_table(result: object) -> Table:
 
     for name, (chain, model) in result.balances.items():  # type: ignore[attr-defined]
         table.add_row(f"payer {name}", f"{chain:,}", f"{model:,}")
-    for merchant, (chain, model) in result.holds.items():  # type: ignore[attr-defined]
-        table.add_row(f"held for {merchant[:10]}…", f"{chain:,}", f"{model:,}")
+    for merchant, (chain, model) in result.credits.items():  # type: ignore[attr-defined]
+        table.add_row(f"settled to {merchant[:10]}…", f"{chain:,}", f"{model:,}")
+    table.add_row("still held", f"{result.held:,}", "0")  # type: ignore[attr-defined]
     return table
 
 

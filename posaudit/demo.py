@@ -1,8 +1,12 @@
 """The demonstration run: a few dozen signed records, every rejection kind, on anvil.
 
-Each record carries the outcome the independent rules model expects; the run appends
-the records (first one per block, then in aggregate blocks), reads the Ledger's verdict
-from the events and compares the two, record by record, and balance by balance.
+Each record carries the outcome the independent rules model expects; the bookkeeper
+appends the records (first one per block, then in aggregate blocks) and audits every
+block; the run reads the Ledger's verdict from the events and compares the two, record
+by record and balance by balance, and checks that every block's settlement completed.
+
+The run leaves its chain, store and deployment in an output folder, so that receipts
+can be written and verified, and auditors' queries run, after it ends.
 """
 
 from __future__ import annotations
@@ -11,16 +15,20 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from web3 import Web3
 
+from posaudit.audit import AuditClient, SettlementStatus
+from posaudit.bookkeeper import Bookkeeper
 from posaudit.chain.deploy import Deployment, deploy, open_chain
 from posaudit.exceptions import SignatureError
 from posaudit.ledger import LedgerClient
 from posaudit.records import Domain, SettlementRecord, SignedRecord, encode_record
 from posaudit.rules import LedgerModel, PayerAccount, StatusCode, TerminalEntry
 from posaudit.signing import TerminalKeyring, generate_key, sign
+from posaudit.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +74,21 @@ class DemoRecord:
     refused: str | None = None
     block_height: int | None = None
     block_size: int | None = None
+    settlement: SettlementStatus | None = None
 
     @property
     def matches(self) -> bool:
-        """Whether the chain's verdict, or the gateway's refusal, was expected."""
+        """Whether the chain's verdict, or the gateway's refusal, was expected, and an
+        approved record was settled."""
         if self.refused is not None:
             return self.expected is None
 
-        return self.actual == self.expected
+        settled = self.settlement == (
+            SettlementStatus.SETTLED
+            if self.actual == StatusCode.APPROVED
+            else SettlementStatus.REJECTED_BY_RULES
+        )
+        return self.actual == self.expected and settled
 
 
 @dataclass
@@ -82,16 +97,26 @@ class DemoResult:
 
     records: list[DemoRecord]
     balances: dict[str, tuple[int, int]] = field(default_factory=dict)
-    holds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    credits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    held: int = 0
     blocks: int = 0
+    blocks_complete: int = 0
     gas_used: int = 0
+    audit_gas_used: int = 0
+    out: Path | None = None
 
     @property
     def ok(self) -> bool:
-        """Whether every record and every balance matched the model."""
-        return all(record.matches for record in self.records) and all(
-            chain == model
-            for chain, model in [*self.balances.values(), *self.holds.values()]
+        """Whether every record, balance and credit matched the model, no money is
+        left held, and every block's settlement completed."""
+        return (
+            all(record.matches for record in self.records)
+            and all(
+                chain == model
+                for chain, model in [*self.balances.values(), *self.credits.values()]
+            )
+            and self.held == 0
+            and self.blocks_complete == self.blocks
         )
 
 
@@ -286,56 +311,91 @@ def _blocks(records: list[DemoRecord], singles: int) -> Iterator[list[DemoRecord
 
 
 def _settle(
-    client: LedgerClient,
+    bookkeeper: Bookkeeper,
     shop: _Shop,
     admitted: list[DemoRecord],
     result: DemoResult,
     progress: Callable[[int], None],
 ) -> None:
+    audit = bookkeeper.audit_client
     for block in _blocks(admitted, singles=5):
-        appended = client.append([item.signed for item in block])
-        now = int(client.w3.eth.get_block(appended.block_number)["timestamp"])
+        appended, audited = bookkeeper.settle([item.signed for item in block])
+        now = int(audit.w3.eth.get_block(appended.block_number)["timestamp"])
         for item, outcome in zip(block, appended.outcomes, strict=True):
             item.expected = shop.model.decide(item.signed.record, now)
             item.actual = outcome.code
             item.block_height = appended.height
             item.block_size = len(block)
+            item.settlement = audit.status_of(appended.block_hash, outcome.index)
 
         result.blocks += 1
+        result.blocks_complete += audit.audit_of(appended.block_hash).complete
         result.gas_used += appended.gas_used
+        result.audit_gas_used += audited.gas_used
         progress(len(block))
 
 
 def run_demo(
-    rpc_url: str | None = None, progress: Callable[[int], None] = lambda _: None
+    rpc_url: str | None = None,
+    out: Path = Path("out"),
+    progress: Callable[[int], None] = lambda _: None,
 ) -> DemoResult:
-    """Deploy, register, fund, sign and settle the demo records.
+    """Deploy, register, fund, sign, settle and audit the demo records.
 
     Args:
-        rpc_url: A node with unlocked accounts; a fresh anvil is started when omitted.
+        rpc_url: A node with unlocked accounts; a fresh anvil is started when omitted,
+            and its chain kept in ``out/devnet-state.json``.
+        out: Folder for the store (``posaudit.db``), the deployment file and the
+            devnet's chain; what a previous run left there is replaced.
         progress: Called with the number of records after each block.
 
     Returns:
         Every record with its expected and actual outcome, and the balances.
     """
-    with open_chain(rpc_url) as w3:
-        operator, bookkeeper, *merchants = w3.eth.accounts[:5]
-        deployment = deploy(w3, operator, bookkeeper, target=DEMO_TARGET)
-        client = LedgerClient(w3, deployment, operator, bookkeeper)
+    paths = _fresh_outputs(out)
+    with (
+        open_chain(rpc_url, state=paths["state"]) as w3,
+        Store(paths["store"]) as store,
+    ):
+        operator, bookkeeper_account, *merchants = w3.eth.accounts[:5]
+        deployment = deploy(w3, operator, bookkeeper_account, target=DEMO_TARGET)
+        deployment.save(paths["deployment"])
+        client = LedgerClient(w3, deployment, operator, bookkeeper_account)
+        bookkeeper = Bookkeeper(store, client, AuditClient(w3, deployment, operator))
         shop = _Shop(w3, deployment, [m.lower() for m in merchants])
         keyring = _setup(client, shop)
         records = _scenario(shop)
-        result = DemoResult(records)
-        _settle(client, shop, _admit(keyring, records), result, progress)
-        for payer in PAYERS:
-            model = shop.model.accounts.get(payer.address)
-            result.balances[payer.name] = (
-                client.balance_of(payer.address),
-                model.balance if model else 0,
-            )
-        for merchant in shop.merchants:
-            result.holds[merchant] = (
-                client.held_for(merchant),
-                shop.model.held.get(merchant, 0),
-            )
+        result = DemoResult(records, out=out)
+        _settle(bookkeeper, shop, _admit(keyring, records), result, progress)
+        _compare_money(client, shop, result)
         return result
+
+
+def _fresh_outputs(out: Path) -> dict[str, Path]:
+    paths = {
+        "state": out / "devnet-state.json",
+        "store": out / "posaudit.db",
+        "deployment": out / "deployment.json",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for path in [*paths.values(), out / "posaudit.db-wal", out / "posaudit.db-shm"]:
+        path.unlink(missing_ok=True)
+
+    return paths
+
+
+def _compare_money(client: LedgerClient, shop: _Shop, result: DemoResult) -> None:
+    """Balances against the model; after the audit, the model's holds are credits."""
+    for payer in PAYERS:
+        model = shop.model.accounts.get(payer.address)
+        result.balances[payer.name] = (
+            client.balance_of(payer.address),
+            model.balance if model else 0,
+        )
+
+    for merchant in shop.merchants:
+        result.credits[merchant] = (
+            client.credit_of(merchant),
+            shop.model.held.get(merchant, 0),
+        )
+        result.held += client.held_for(merchant)

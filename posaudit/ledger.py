@@ -145,6 +145,12 @@ class LedgerClient:
             self.ledger.functions.heldFor(Web3.to_checksum_address(merchant)).call()
         )
 
+    def credit_of(self, merchant: str) -> int:
+        """The amount the audit has released to a merchant."""
+        return int(
+            self.ledger.functions.creditOf(Web3.to_checksum_address(merchant)).call()
+        )
+
     def head(self) -> tuple[bytes, int]:
         """Hash and height of the newest block."""
         block_hash, height = self.ledger.functions.head().call()
