@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from posaudit.audittree import AuditTree
-from posaudit.exceptions import PosauditError
+from posaudit.exceptions import EncodingError, PosauditError
 
 BLOCK_VERSION = 1
 HEADER_LENGTH = 120
@@ -45,6 +45,29 @@ class BlockHeader:
             self.timestamp,
             self.target.to_bytes(32, "big"),
             self.nonce,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> BlockHeader:
+        """Parse the 120-byte encoding back into a header.
+
+        Raises:
+            EncodingError: ``data`` is not 120 bytes long.
+        """
+        if len(data) != HEADER_LENGTH:
+            raise EncodingError(
+                f"A block header is {HEADER_LENGTH} bytes, got {len(data)}."
+            )
+
+        version, prev, root, count, timestamp, target, nonce = _HEADER.unpack(data)
+        return cls(
+            prev_hash=prev,
+            records_root=root,
+            record_count=count,
+            timestamp=timestamp,
+            target=int.from_bytes(target, "big"),
+            nonce=nonce,
+            version=version,
         )
 
     @property

@@ -5,6 +5,12 @@ the store beside the records, then hands them to the audit module (claim 7): it 
 each proof against the root the Ledger stored; when all match, one whole-block call
 settles the block; a record whose proof does not match is rejected and its hold goes
 back to the payer (claim 8), and the others are settled one by one.
+
+Crash safety: before a block is sent, its header and record ids are written to the store
+as a submission, and the transaction hash right after sending. :meth:`Bookkeeper.
+reconcile`, run at every start, asks the chain what became of each submission, returns
+to the outbox the records of blocks the node no longer has, and audits what is left
+unaudited, so that no acknowledged record is lost and none is settled twice.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from web3.exceptions import TimeExhausted, TransactionNotFound
+
 from posaudit.audit import AuditClient
 from posaudit.audittree import AuditTree, leaf_hash, root_from_inclusion_proof
-from posaudit.exceptions import AuditError, AuditTreeError
+from posaudit.exceptions import AuditError, AuditTreeError, BlockRejectedError
 from posaudit.ledger import AppendResult, LedgerClient
 from posaudit.records import SignedRecord
 from posaudit.rules import StatusCode
-from posaudit.store import Store, StoredBlock, StoredRecord
+from posaudit.store import Store, StoredBlock, StoredRecord, Submission
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,54 @@ class AuditResult:
     rejected: tuple[int, ...]
     transactions: tuple[bytes, ...]
     gas_used: int
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How many records go into the next block (claim 7).
+
+    Attributes:
+        aggregate_size: n, the records of an aggregate block when congested.
+        flush_timeout: Seconds the oldest waiting record may wait for n records to
+            gather before a smaller aggregate block goes out anyway, so that a quiet
+            terminal never stalls.
+        max_block_records: Upper bound on any block, to stay well under the chain's
+            block gas limit.
+    """
+
+    aggregate_size: int = 64
+    flush_timeout: float = 2.0
+    max_block_records: int = 512
+
+    def records_to_take(self, waiting: int, oldest_age: float, congested: bool) -> int:
+        """Size of the next block, or 0 to wait.
+
+        Args:
+            waiting: Records in the outbox.
+            oldest_age: Seconds the oldest of them has waited.
+            congested: The network monitor's verdict.
+        """
+        if waiting == 0:
+            return 0
+
+        if not congested:
+            return 1
+
+        size = min(self.aggregate_size, self.max_block_records)
+        if waiting >= size:
+            return size
+
+        return waiting if oldest_age >= self.flush_timeout else 0
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What a start-up reconciliation found and did."""
+
+    returned_to_outbox: int
+    submissions_landed: int
+    submissions_dropped: int
+    blocks_audited: int
 
 
 class Bookkeeper:
@@ -56,20 +112,117 @@ class Bookkeeper:
             ChainError: The Ledger refused the block.
         """
         result = self.ledger.append(records)
+        self._save(result, records)
+        return result
+
+    def step(self, count: int) -> tuple[AppendResult, AuditResult] | None:
+        """Put the oldest ``count`` records of the outbox on chain and audit the block.
+
+        Returns:
+            None when the outbox is empty.
+
+        Raises:
+            ChainError: The node or the Ledger refused; the submission stays in the
+                store for :meth:`reconcile`.
+        """
+        pending = self.store.pending(count)
+        if not pending:
+            return None
+
+        records = [stored.signed for stored in pending]
+        header = self.ledger.build_block(records)
+        from_block = int(self.ledger.w3.eth.block_number)
+        ids = [signed.record.record_id for signed in records]
+        self.store.begin_submission(header, ids, from_block)
+        try:
+            transaction_hash = self.ledger.send_block(header, records)
+            self.store.note_transaction(header.block_hash, transaction_hash)
+            appended = self.ledger.block_result(header, transaction_hash)
+        except BlockRejectedError:
+            # Nothing reached the chain: the records wait for the next block.
+            self.store.drop_submission(header.block_hash)
+            raise
+
+        self._save(appended, records)
+        return appended, self.audit(appended.block_hash)
+
+    def reconcile(self, receipt_timeout: float = 30.0) -> Reconciliation:
+        """Bring the store in line with the chain after a start or a crash.
+
+        Blocks the node no longer has go back to the outbox; each submission is
+        either found on chain and saved, or dropped with its records left in the
+        outbox; every block not yet audited is audited.
+        """
+        returned = self._return_lost_blocks()
+        landed = dropped = 0
+        for submission in self.store.submissions():
+            appended = self._find_submission(submission, receipt_timeout)
+            if appended is None:
+                self.store.drop_submission(submission.header.block_hash)
+                dropped += 1
+                continue
+
+            records = self.store.records_by_id(submission.record_ids)
+            self._save(appended, [stored.signed for stored in records])
+            landed += 1
+
+        unaudited = self.store.unaudited_blocks()
+        for block in unaudited:
+            self.audit(block.block_hash)
+
+        result = Reconciliation(returned, landed, dropped, len(unaudited))
+        log.info("store reconciled with the chain", extra=result.__dict__)
+        return result
+
+    def _return_lost_blocks(self) -> int:
+        # The chain is linear: once a stored block is found on chain, so are all the
+        # older ones, so the walk stops there.
+        returned = 0
+        for block in reversed(self.store.blocks()):
+            if self.ledger.block_of(block.block_hash).record_count:
+                break
+
+            log.warning(
+                "the node no longer has a block; its records wait again",
+                extra={"block_hash": block.block_hash.hex(), "height": block.height},
+            )
+            returned += self.store.return_to_outbox(block.block_hash)
+
+        return returned
+
+    def _find_submission(
+        self, submission: Submission, receipt_timeout: float
+    ) -> AppendResult | None:
+        header, start = submission.header, submission.from_chain_block
+        appended = self.ledger.find_block_result(header, start)
+        if appended is not None or submission.transaction_hash is None:
+            return appended
+
+        w3 = self.ledger.w3
+        try:
+            w3.eth.get_transaction(submission.transaction_hash)
+            w3.eth.wait_for_transaction_receipt(
+                submission.transaction_hash, timeout=receipt_timeout
+            )
+        except (TransactionNotFound, TimeExhausted):
+            return None
+
+        return self.ledger.find_block_result(header, start)
+
+    def _save(self, appended: AppendResult, records: Sequence[SignedRecord]) -> None:
         tree = AuditTree.from_leaves(signed.leaf for signed in records)
         block = StoredBlock(
-            block_hash=result.block_hash,
-            height=result.height,
-            records_root=result.header.records_root,
-            record_count=result.header.record_count,
-            chain_block=result.block_number,
-            transaction_hash=result.transaction_hash,
-            timestamp=result.header.timestamp,
+            block_hash=appended.block_hash,
+            height=appended.height,
+            records_root=appended.header.records_root,
+            record_count=appended.header.record_count,
+            chain_block=appended.block_number,
+            transaction_hash=appended.transaction_hash,
+            timestamp=appended.header.timestamp,
             audit_transaction=None,
         )
-        codes = [outcome.code for outcome in result.outcomes]
+        codes = [outcome.code for outcome in appended.outcomes]
         self.store.save_block(block, records, tree, codes)
-        return result
 
     def settle(
         self, records: Sequence[SignedRecord]

@@ -10,10 +10,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 
 from posaudit.blocks import BlockHeader, build_header
-from posaudit.chain.deploy import Deployment, contract_at, transact
+from posaudit.chain.deploy import Deployment, contract_at, decode_error, transact
+from posaudit.exceptions import BlockRejectedError
 from posaudit.records import SignedRecord
 from posaudit.rules import StatusCode
 from posaudit.signing import public_numbers
@@ -168,13 +170,79 @@ class LedgerClient:
             holds_digest=bytes(stored[5]),
         )
 
-    def _next_header(self, leaves: Sequence[bytes]) -> BlockHeader:
+    def build_block(self, records: Sequence[SignedRecord]) -> BlockHeader:
+        """The header of the next block for ``records``, its nonce searched.
+
+        It links to the current head and takes the chain's latest block time.
+        """
         prev_hash, _ = self.head()
         parent = self.block_of(prev_hash)
         now = int(self.w3.eth.get_block("latest")["timestamp"])
         timestamp = max(now, parent.timestamp)
         target = int(self.ledger.functions.target().call())
+        leaves = [signed.leaf for signed in records]
         return build_header(prev_hash, leaves, timestamp, target)
+
+    def send_block(self, header: BlockHeader, records: Sequence[SignedRecord]) -> bytes:
+        """Send the append transaction without waiting; returns its hash.
+
+        Raises:
+            ChainError: The node refused the transaction, or its gas estimate showed
+                the Ledger would revert (the message names the custom error).
+        """
+        leaves = b"".join(signed.leaf for signed in records)
+        call = self.ledger.functions.appendBlock(header.as_tuple(), leaves)
+        try:
+            return bytes(call.transact({"from": self.bookkeeper}))
+        except ContractCustomError as err:
+            reason = decode_error(call.contract_abi, err.data)
+            raise BlockRejectedError(f"appendBlock reverted: {reason}.") from err
+
+    def block_result(
+        self, header: BlockHeader, transaction_hash: bytes, timeout: float = 120.0
+    ) -> AppendResult:
+        """Wait for an append transaction and read the outcome of every record.
+
+        Raises:
+            BlockRejectedError: The transaction reverted.
+        """
+        receipt = self.w3.eth.wait_for_transaction_receipt(
+            transaction_hash, timeout=timeout
+        )
+        if receipt["status"] != 1:
+            raise BlockRejectedError(
+                f"Append transaction 0x{transaction_hash.hex()} reverted after"
+                f" {receipt['gasUsed']:,} gas."
+            )
+
+        return self._result(header, receipt)
+
+    def find_block_result(
+        self, header: BlockHeader, from_chain_block: int
+    ) -> AppendResult | None:
+        """The outcome of a block already on chain, read back from its events.
+
+        Returns:
+            None when the Ledger holds no block with the header's hash.
+        """
+        block_hash = header.block_hash
+        if self.block_of(block_hash).record_count == 0:
+            return None
+
+        topic = self.ledger.events.BlockValidated().topic
+        logs = self.w3.eth.get_logs(
+            {
+                "address": self.ledger.address,
+                "fromBlock": from_chain_block,
+                "toBlock": "latest",
+                "topics": [topic, "0x" + block_hash.hex()],
+            }
+        )
+        if not logs:
+            return None
+
+        receipt = self.w3.eth.get_transaction_receipt(logs[0]["transactionHash"])
+        return self._result(header, receipt)
 
     def append(self, records: Sequence[SignedRecord]) -> AppendResult:
         """Put ``records`` on chain as one settlement block and read the outcomes.
@@ -182,11 +250,8 @@ class LedgerClient:
         Raises:
             ChainError: The Ledger refused the block.
         """
-        leaves = [signed.leaf for signed in records]
-        header = self._next_header(leaves)
-        call = self.ledger.functions.appendBlock(header.as_tuple(), b"".join(leaves))
-        receipt = transact(self.w3, call, self.bookkeeper)
-        result = self._result(header, receipt)
+        header = self.build_block(records)
+        result = self.block_result(header, self.send_block(header, records))
         log.info(
             "block appended",
             extra={

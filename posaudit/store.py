@@ -5,6 +5,10 @@ them on chain and writes back, in one transaction per block, the block, every re
 place in it and every record's inclusion proof. Receipts and the audit read the proofs
 from here long after the block.
 
+Before the bookkeeper sends a block it writes a submission (the header and the record
+ids), and after sending, the transaction hash: whatever point a crash interrupts, the
+next start finds out from the chain whether the block landed.
+
 Durability: WAL journal with ``synchronous=FULL``, so a record the store has accepted
 survives a crash of the process or of the machine.
 """
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from posaudit.audittree import HASH_SIZE, AuditTree
+from posaudit.blocks import BlockHeader
 from posaudit.exceptions import RecordConflictError, RecordNotFoundError, StoreError
 from posaudit.records import SignedRecord, decode_record
 from posaudit.rules import StatusCode
@@ -48,6 +53,13 @@ CREATE TABLE IF NOT EXISTS records (
     proof BLOB,
     code INTEGER,
     UNIQUE (terminal_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS submissions (
+    block_hash BLOB PRIMARY KEY,
+    header BLOB NOT NULL,
+    record_ids BLOB NOT NULL,
+    from_chain_block INTEGER NOT NULL,
+    transaction_hash BLOB
 );
 CREATE INDEX IF NOT EXISTS records_in_outbox ON records (id) WHERE block_hash IS NULL;
 CREATE INDEX IF NOT EXISTS records_by_block ON records (block_hash, leaf_index);
@@ -85,11 +97,14 @@ class StoredRecord:
 
 
 @dataclass(frozen=True)
-class Placement:
-    """Where one record of a new block sits, and what the Ledger said of it."""
+class Submission:
+    """A block the bookkeeper has built and may have sent, not yet known to be on
+    chain."""
 
-    leaf_index: int
-    code: StatusCode
+    header: BlockHeader
+    record_ids: tuple[bytes, ...]
+    from_chain_block: int
+    transaction_hash: bytes | None
 
 
 class Store:
@@ -209,7 +224,8 @@ class Store:
     ) -> None:
         """Record a block the Ledger accepted, with each record's place and proof.
 
-        Records not yet in the outbox are added. All of it is one transaction.
+        Records not yet in the outbox are added, and the block's submission is closed.
+        All of it is one transaction.
 
         Raises:
             StoreError: The tree or the codes do not match the records.
@@ -222,6 +238,9 @@ class Store:
 
         proofs = tree.inclusion_proofs()
         with self._transaction() as db:
+            db.execute(
+                "DELETE FROM submissions WHERE block_hash = ?", (block.block_hash,)
+            )
             db.execute(
                 "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -261,6 +280,87 @@ class Store:
                         signed.record.record_id,
                     ),
                 )
+
+    def outbox_size(self) -> int:
+        """Number of records waiting for a block."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM records WHERE block_hash IS NULL"
+        ).fetchone()
+        return int(row[0])
+
+    def records_by_id(self, record_ids: Sequence[bytes]) -> list[StoredRecord]:
+        """The records with these ids, in the order given.
+
+        Raises:
+            RecordNotFoundError: One of them is not in the store.
+        """
+        return [self.record(record_id) for record_id in record_ids]
+
+    def begin_submission(
+        self, header: BlockHeader, record_ids: Sequence[bytes], from_chain_block: int
+    ) -> None:
+        """Note a block about to be sent, with the chain block to search it from."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO submissions VALUES (?, ?, ?, ?, NULL)",
+                (
+                    header.block_hash,
+                    header.encode(),
+                    b"".join(record_ids),
+                    from_chain_block,
+                ),
+            )
+
+    def note_transaction(self, block_hash: bytes, transaction_hash: bytes) -> None:
+        """Note the transaction that carries a submitted block."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE submissions SET transaction_hash = ? WHERE block_hash = ?",
+                (transaction_hash, block_hash),
+            )
+
+    def submissions(self) -> list[Submission]:
+        """Blocks built and perhaps sent, whose fate is not yet in the store."""
+        rows = self._db.execute(
+            "SELECT header, record_ids, from_chain_block, transaction_hash"
+            " FROM submissions ORDER BY rowid"
+        ).fetchall()
+        return [
+            Submission(
+                header=BlockHeader.decode(header),
+                record_ids=tuple(ids[i : i + 16] for i in range(0, len(ids), 16)),
+                from_chain_block=from_chain_block,
+                transaction_hash=transaction_hash,
+            )
+            for header, ids, from_chain_block, transaction_hash in rows
+        ]
+
+    def drop_submission(self, block_hash: bytes) -> None:
+        """Forget a submission that never reached the chain: its records stay in the
+        outbox for the next block."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM submissions WHERE block_hash = ?", (block_hash,))
+
+    def return_to_outbox(self, block_hash: bytes) -> int:
+        """Undo a block the chain no longer has: its records wait for a new block.
+
+        Returns:
+            The number of records returned to the outbox.
+        """
+        with self._transaction() as db:
+            returned = db.execute(
+                "UPDATE records SET block_hash = NULL, leaf_index = NULL,"
+                " proof = NULL, code = NULL WHERE block_hash = ?",
+                (block_hash,),
+            ).rowcount
+            db.execute("DELETE FROM blocks WHERE block_hash = ?", (block_hash,))
+
+        return int(returned)
+
+    def blocks(self) -> list[StoredBlock]:
+        """Every stored block, oldest first."""
+        rows = self._db.execute("SELECT * FROM blocks ORDER BY height").fetchall()
+        return [StoredBlock(*row) for row in rows]
 
     def save_audit(self, block_hash: bytes, transaction_hash: bytes) -> None:
         """Note the transaction that completed a block's settlement."""
