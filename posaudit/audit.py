@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import TransactionNotFound
 from web3.logs import DISCARD
 
-from posaudit.chain.deploy import Deployment, contract_at, transact
+from posaudit.chain.deploy import Deployment, contract_at
+from posaudit.chain.sender import Sender
 from posaudit.exceptions import AuditError
 
 log = logging.getLogger(__name__)
@@ -48,13 +50,15 @@ class AuditClient:
     Args:
         w3: Connection to the node.
         deployment: Addresses of the contracts.
-        sender: Unlocked account that pays for settlements; it needs the auditor role
-            only to reject records.
+        sender: Account that pays for settlements (an unlocked address or a local
+            account); it needs the auditor role only to reject records.
     """
 
-    def __init__(self, w3: Web3, deployment: Deployment, sender: str) -> None:
+    def __init__(
+        self, w3: Web3, deployment: Deployment, sender: str | LocalAccount
+    ) -> None:
         self.w3 = w3
-        self.sender = sender
+        self.sender = Sender(w3, sender)
         self.audit: Contract = contract_at(w3, "SettlementAudit", deployment.audit)
         self.ledger: Contract = contract_at(w3, "Ledger", deployment.ledger)
 
@@ -67,14 +71,14 @@ class AuditClient:
             ChainError: The contract refused (the message names its error).
         """
         call = self.audit.functions.auditBlock(block_hash, list(leaf_hashes), holds)
-        return transact(self.w3, call, self.sender)
+        return self.sender.transact(call)
 
     def settle_record(
         self, block_hash: bytes, index: int, leaf: bytes, proof: Sequence[bytes]
     ) -> Any:
         """Settle one record with its inclusion proof; returns the receipt."""
         call = self.audit.functions.settleRecord(block_hash, index, leaf, list(proof))
-        return transact(self.w3, call, self.sender)
+        return self.sender.transact(call)
 
     def reject_record(
         self,
@@ -89,7 +93,7 @@ class AuditClient:
         call = self.audit.functions.rejectRecord(
             block_hash, index, leaf, list(proof), holds
         )
-        return transact(self.w3, call, self.sender)
+        return self.sender.transact(call)
 
     def status_of(self, block_hash: bytes, index: int) -> SettlementStatus:
         """Where record ``index`` of a block stands."""

@@ -23,7 +23,7 @@ from web3.exceptions import TimeExhausted, TransactionNotFound
 
 from posaudit.audit import AuditClient
 from posaudit.audittree import AuditTree, leaf_hash, root_from_inclusion_proof
-from posaudit.exceptions import AuditError, AuditTreeError, BlockRejectedError
+from posaudit.exceptions import AuditError, AuditTreeError, ChainError
 from posaudit.ledger import AppendResult, LedgerClient
 from posaudit.records import SignedRecord
 from posaudit.rules import StatusCode
@@ -138,8 +138,9 @@ class Bookkeeper:
             transaction_hash = self.ledger.send_block(header, records)
             self.store.note_transaction(header.block_hash, transaction_hash)
             appended = self.ledger.block_result(header, transaction_hash)
-        except BlockRejectedError:
-            # Nothing reached the chain: the records wait for the next block.
+        except ChainError:
+            # Refused before sending, or reverted when mined: nothing changed on
+            # chain, and the records wait for the next block.
             self.store.drop_submission(header.block_hash)
             raise
 
@@ -153,6 +154,8 @@ class Bookkeeper:
         either found on chain and saved, or dropped with its records left in the
         outbox; every block not yet audited is audited.
         """
+        self.ledger.sender.resync()
+        self.audit_client.sender.resync()
         returned = self._return_lost_blocks()
         landed = dropped = 0
         for submission in self.store.submissions():

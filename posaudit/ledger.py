@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
+from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 
 from posaudit.blocks import BlockHeader, build_header
-from posaudit.chain.deploy import Deployment, contract_at, decode_error, transact
+from posaudit.chain.deploy import Deployment, contract_at, transact
+from posaudit.chain.sender import Sender
 from posaudit.exceptions import BlockRejectedError
 from posaudit.records import SignedRecord
 from posaudit.rules import StatusCode
@@ -70,11 +71,16 @@ class LedgerClient:
         w3: Connection to the node.
         deployment: Addresses of the contracts.
         operator: Unlocked account with the operator role.
-        bookkeeper: Unlocked account with the bookkeeper role.
+        bookkeeper: Account with the bookkeeper role: an address the node holds
+            unlocked, or a local account that signs here.
     """
 
     def __init__(
-        self, w3: Web3, deployment: Deployment, operator: str, bookkeeper: str
+        self,
+        w3: Web3,
+        deployment: Deployment,
+        operator: str,
+        bookkeeper: str | LocalAccount,
     ) -> None:
         self.w3 = w3
         self.deployment = deployment
@@ -84,6 +90,7 @@ class LedgerClient:
             w3, "TerminalRegistry", deployment.registry
         )
         self.ledger: Contract = contract_at(w3, "Ledger", deployment.ledger)
+        self.sender = Sender(w3, bookkeeper)
 
     def register_terminal(
         self, terminal_id: str, merchant: str, key: rsa.RSAPublicKey
@@ -188,15 +195,12 @@ class LedgerClient:
 
         Raises:
             ChainError: The node refused the transaction, or its gas estimate showed
-                the Ledger would revert (the message names the custom error).
+                the Ledger would revert (the message names the custom error): either
+                way nothing reached the chain.
         """
         leaves = b"".join(signed.leaf for signed in records)
         call = self.ledger.functions.appendBlock(header.as_tuple(), leaves)
-        try:
-            return bytes(call.transact({"from": self.bookkeeper}))
-        except ContractCustomError as err:
-            reason = decode_error(call.contract_abi, err.data)
-            raise BlockRejectedError(f"appendBlock reverted: {reason}.") from err
+        return self.sender.send(call)
 
     def block_result(
         self, header: BlockHeader, transaction_hash: bytes, timeout: float = 120.0
