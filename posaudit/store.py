@@ -288,6 +288,13 @@ class Store:
         ).fetchone()
         return int(row[0])
 
+    def oldest_waiting_since(self) -> float | None:
+        """When the oldest record of the outbox arrived (Unix time), None if empty."""
+        row = self._db.execute(
+            "SELECT MIN(received_at) FROM records WHERE block_hash IS NULL"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def records_by_id(self, record_ids: Sequence[bytes]) -> list[StoredRecord]:
         """The records with these ids, in the order given.
 
