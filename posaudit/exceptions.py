@@ -116,3 +116,66 @@ class RecordNotFoundError(StoreError, LookupError):
 
 class AuditError(PosauditError):
     """The audit module could not settle or reject a block's records."""
+
+
+class ReceiptError(PosauditError):
+    """A receipt cannot be written or read."""
+
+
+class RecordNotInBlockError(ReceiptError):
+    """The record is in the outbox, in no settlement block yet: it has no proof."""
+
+
+class MalformedReceiptError(ReceiptError, ValueError):
+    """A receipt document is not a receipt: a field is missing, mistyped or malformed.
+
+    Attributes:
+        field: Path of the offending field in the document, such as ``proof.hashes[2]``.
+        problem: What is wrong with it, as a sentence.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"Receipt field {field!r}: {problem}")
+
+
+class MonitorError(PosauditError):
+    """The network monitor cannot measure or decide."""
+
+
+class MonitorSettingsError(MonitorError, ValueError):
+    """Network monitor settings are inconsistent or out of range."""
+
+
+class TerminalInactiveError(SignatureError):
+    """The terminal is registered but deactivated: its records are refused."""
+
+
+class UploadRejectedError(PosauditError):
+    """The gateway refuses a terminal's upload; the code is stable, the text is not.
+
+    Raised by the gateway's checks and, on the terminal's side, by the terminal
+    client when the gateway answers 4xx.
+
+    Attributes:
+        code: Stable UPPER_SNAKE error code, such as ``OUT_OF_RANGE``.
+        field: Path of the offending field, such as ``record.amount``, or None.
+        status: The HTTP status of the answer.
+    """
+
+    def __init__(
+        self, code: str, message: str, field: str | None = None, status: int = 422
+    ) -> None:
+        self.code = code
+        self.field = field
+        self.status = status
+        super().__init__(message)
+
+
+class GatewayUnavailableError(PosauditError):
+    """The gateway did not answer, or answered 5xx, on every attempt."""
+
+
+class SequenceFileError(PosauditError):
+    """A terminal's sequence file cannot be read or written."""

@@ -96,22 +96,22 @@ class BookkeeperLoop:
         Returns:
             Whether a block was put on chain.
         """
-        self.monitor.tick()
         store = self.bookkeeper.store
-        waiting = store.outbox_size()
-        since = store.oldest_waiting_since()
-        age = 0.0 if since is None else self.clock() - since
-        congested = self.monitor.congested
-        size = self.policy.records_to_take(waiting, age, congested)
-        if size == 0:
-            return False
-
         try:
+            self.monitor.tick()
+            waiting = store.outbox_size()
+            since = store.oldest_waiting_since()
+            age = 0.0 if since is None else self.clock() - since
+            congested = self.monitor.congested
+            size = self.policy.records_to_take(waiting, age, congested)
+            if size == 0:
+                return False
+
             done = self.bookkeeper.step(size)
         except ChainError as err:
             # The records stay in the outbox; the next round tries again.
             self.stats.failures += 1
-            log.warning("block not settled", extra={"error": str(err), "size": size})
+            log.warning("block not settled", extra={"error": str(err)})
             return False
 
         if done is None:
