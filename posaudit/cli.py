@@ -13,6 +13,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from posaudit.cli_audit import audit
+from posaudit.cli_receipts import receipt, verify
 
 console = Console()
 
@@ -25,6 +26,8 @@ def cli(verbose: bool) -> None:
 
 
 cli.add_command(audit)
+cli.add_command(receipt)
+cli.add_command(verify)
 
 
 @cli.command()
