@@ -13,7 +13,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from posaudit.cli_audit import audit
+from posaudit.cli_gateway import serve_command
 from posaudit.cli_receipts import receipt, verify
+from posaudit.cli_terminal import terminal
 
 console = Console()
 
@@ -28,6 +30,8 @@ def cli(verbose: bool) -> None:
 cli.add_command(audit)
 cli.add_command(receipt)
 cli.add_command(verify)
+cli.add_command(serve_command)
+cli.add_command(terminal)
 
 
 @cli.command()
