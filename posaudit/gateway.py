@@ -487,11 +487,11 @@ def _add_each(
     store: Store, records: Sequence[SignedRecord]
 ) -> list[bool | UploadRejectedError]:
     outcomes: list[bool | UploadRejectedError] = []
-    for signed in records:
-        try:
-            outcomes.append(_add(store, signed))
-        except UploadRejectedError as err:
-            outcomes.append(err)
+    for outcome in store.add_many(records):
+        if isinstance(outcome, RecordConflictError):
+            outcomes.append(rejected("RECORD_CONFLICT", str(outcome)))
+        else:
+            outcomes.append(outcome[1])
 
     return outcomes
 

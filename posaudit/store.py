@@ -161,26 +161,54 @@ class Store:
             RecordConflictError: Another record already holds this record id or this
                 terminal id and sequence number.
         """
-        record = signed.record
+        (outcome,) = self.add_many([signed])
+        if isinstance(outcome, RecordConflictError):
+            raise outcome
+
+        return outcome
+
+    def add_many(
+        self, records: Sequence[SignedRecord]
+    ) -> list[tuple[StoredRecord, bool] | RecordConflictError]:
+        """Put records in the outbox in one transaction (one disk sync for all).
+
+        Returns:
+            For each record, in order: the stored record and whether this call added
+            it, or the conflict that kept it out. Conflicts do not stop the others.
+        """
+        outcomes: list[tuple[StoredRecord, bool] | RecordConflictError] = []
+        now = time.time()
         with self._transaction() as db:
-            existing = self._find_same(db, signed)
-            if existing is not None:
-                return existing, False
+            for signed in records:
+                try:
+                    existing = self._find_same(db, signed)
+                except RecordConflictError as err:
+                    outcomes.append(err)
+                    continue
 
-            db.execute(
-                "INSERT INTO records (record_id, terminal_id, sequence, encoding,"
-                " signature, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.record_id,
-                    record.terminal_id,
-                    _sequence_key(record.sequence),
-                    signed.encoding,
-                    signed.signature,
-                    time.time(),
-                ),
-            )
+                if existing is not None:
+                    outcomes.append((existing, False))
+                    continue
 
-        return self.record(record.record_id), True
+                self._insert(db, signed, now)
+                outcomes.append((StoredRecord(signed=signed, received_at=now), True))
+
+        return outcomes
+
+    def _insert(self, db: sqlite3.Connection, signed: SignedRecord, now: float) -> None:
+        record = signed.record
+        db.execute(
+            "INSERT INTO records (record_id, terminal_id, sequence, encoding,"
+            " signature, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                record.record_id,
+                record.terminal_id,
+                _sequence_key(record.sequence),
+                signed.encoding,
+                signed.signature,
+                now,
+            ),
+        )
 
     def _find_same(
         self, db: sqlite3.Connection, signed: SignedRecord
@@ -256,18 +284,7 @@ class Store:
             )
             for index, signed in enumerate(records):
                 if self._find_same(db, signed) is None:
-                    db.execute(
-                        "INSERT INTO records (record_id, terminal_id, sequence,"
-                        " encoding, signature, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            signed.record.record_id,
-                            signed.record.terminal_id,
-                            _sequence_key(signed.record.sequence),
-                            signed.encoding,
-                            signed.signature,
-                            time.time(),
-                        ),
-                    )
+                    self._insert(db, signed, time.time())
 
                 db.execute(
                     "UPDATE records SET block_hash = ?, leaf_index = ?, proof = ?,"

@@ -96,6 +96,21 @@ class TestOutbox:
         with pytest.raises(RecordConflictError):
             store.add(signed(terminal_key, 2, record_id=first.record.record_id))
 
+    def test_add_many_stores_new_reports_duplicates_and_conflicts(
+        self, store, terminal_key
+    ):
+        first, second = signed(terminal_key, 1), signed(terminal_key, 2)
+        store.add(first)
+        clash = signed(terminal_key, 2, amount=999)
+
+        outcomes = store.add_many([first, second, clash, second])
+
+        assert outcomes[0][1] is False
+        assert outcomes[1][1] is True
+        assert isinstance(outcomes[2], RecordConflictError)
+        assert outcomes[3][1] is False
+        assert [s.signed.record.amount for s in store.pending(10)] == [1_000, 1_000]
+
     def test_pending_is_in_arrival_order_and_limited(self, store, terminal_key):
         records = [signed(terminal_key, sequence) for sequence in (5, 3, 9, 1)]
         for record in records:
