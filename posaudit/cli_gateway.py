@@ -1,11 +1,12 @@
-"""``posaudit serve``: run the gateway, the data upload endpoint of terminals.
+"""``posaudit serve``: run the service (gateway, bookkeeper loop, network monitor).
 
-The app is built by :func:`posaudit.gateway.create_chain_app` and served by
-:func:`posaudit.gateway.serve`; this face only finds the deployment and the chain.
+The work is :class:`posaudit.service.Service`; this face reads the configuration and
+finds the chain.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,9 +14,11 @@ from pathlib import Path
 import click
 from web3 import Web3
 
-from posaudit.chain.deploy import Deployment, open_chain
+from posaudit.chain.deploy import open_chain
+from posaudit.chain.devnet import Devnet
+from posaudit.config import Config, load_config
 from posaudit.exceptions import PosauditError
-from posaudit.gateway import create_chain_app, serve
+from posaudit.service import Service
 
 DEFAULT_DB = Path("out/posaudit.db")
 DEFAULT_DEPLOYMENT = Path("out/deployment.json")
@@ -81,39 +84,89 @@ def chain_options(command: click.Command) -> click.Command:
 
 
 @click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
-    "--port",
-    type=click.IntRange(0, 65_535),
-    default=8000,
-    show_default=True,
-    help="Port to bind.",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="TOML configuration; POSAUDIT_<SECTION>_<KEY> variables override it.",
 )
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65_535), help="Port (default 8000).")
 @click.option(
     "--db",
     type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_DB,
-    show_default=True,
-    help="The store whose outbox the gateway fills.",
+    help=f"The store (default {DEFAULT_DB}).",
 )
-@deployment_option
-@chain_options
+@click.option(
+    "--deployment",
+    "deployment_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"Deployment file (default {DEFAULT_DEPLOYMENT}).",
+)
+@click.option("--rpc", "rpc_url", help="Node; default: the local devnet.")
 def serve_command(
-    host: str,
-    port: int,
-    db: Path,
-    deployment_path: Path,
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    db: Path | None,
+    deployment_path: Path | None,
     rpc_url: str | None,
-    devnet_state: Path,
 ) -> None:
-    """Run the gateway: terminals upload signed records to it."""
+    """Run the service: the gateway, the bookkeeper loop and the network monitor."""
     with reporting():
-        deployment = Deployment.load(deployment_path)
-        with chain(rpc_url, devnet_state) as w3:
-            app = create_chain_app(db, w3, deployment)
+        config = _with_overrides(
+            load_config(config_path), host, port, db, deployment_path, rpc_url
+        )
+        with node_url(config) as url:
+            service = Service(config, url)
             click.echo(
-                f"Gateway for Ledger {deployment.ledger} on chain {deployment.chain_id}"
-                f" (node {_endpoint(w3)}) at http://{host}:{port}, store {db}; API at"
-                " /openapi.json."
+                f"Gateway for Ledger {service.deployment.ledger} on chain"
+                f" {service.deployment.chain_id} (node {url}) at"
+                f" http://{config.gateway.host}:{config.gateway.port}, store"
+                f" {config.store.path}; API at /openapi.json."
             )
-            serve(app, host, port)
+            service.serve()
+
+
+def _with_overrides(
+    config: Config,
+    host: str | None,
+    port: int | None,
+    db: Path | None,
+    deployment_path: Path | None,
+    rpc_url: str | None,
+) -> Config:
+    gateway = dataclasses.replace(
+        config.gateway,
+        host=host or config.gateway.host,
+        port=config.gateway.port if port is None else port,
+    )
+    chain = dataclasses.replace(
+        config.chain,
+        rpc_url=rpc_url or config.chain.rpc_url,
+        deployment=deployment_path or config.chain.deployment,
+    )
+    store = dataclasses.replace(config.store, path=db or config.store.path)
+    return dataclasses.replace(config, gateway=gateway, chain=chain, store=store)
+
+
+@contextmanager
+def node_url(config: Config) -> Iterator[str]:
+    """The configured node, or the local devnet started from its state file.
+
+    Raises:
+        click.ClickException: Neither a node nor a devnet state is there.
+    """
+    if config.chain.rpc_url:
+        yield config.chain.rpc_url
+        return
+
+    state = config.chain.devnet_state
+    if not state.exists():
+        raise click.ClickException(
+            f"No chain: pass --rpc URL, or run 'posaudit demo' first, which leaves "
+            f"the devnet's chain in {state}."
+        )
+
+    with Devnet(state=state) as devnet:
+        yield devnet.rpc_url

@@ -13,10 +13,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from posaudit.audit import AuditClient
 from posaudit.bookkeeper import BatchPolicy, Bookkeeper
+from posaudit.chain.deploy import Deployment
+from posaudit.config import Config
 from posaudit.exceptions import ChainError
+from posaudit.gateway import create_chain_app, serve
+from posaudit.ledger import LedgerClient
+from posaudit.monitor import NetworkMonitor, counting_connect, ledger_height, traffic_of
+from posaudit.monitor_policy import MonitorPolicy, Transition
+from posaudit.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +142,113 @@ class BookkeeperLoop:
             "block settled",
             extra={"records": size, "mode": "aggregate" if congested else "normal"},
         )
+
+
+class Service:
+    """The running service: gateway, bookkeeper loop and network monitor, one process.
+
+    The gateway and the bookkeeper meet only in the store: the gateway's threads write
+    the outbox, the loop's thread drains it. Each opens its own store connection.
+
+    Args:
+        config: The configuration (see :mod:`posaudit.config`).
+        rpc_url: The node, already running (the caller starts a devnet if needed).
+    """
+
+    def __init__(self, config: Config, rpc_url: str) -> None:
+        self.config = config
+        self.rpc_url = rpc_url
+        self.deployment = Deployment.load(config.chain.deployment)
+        self.w3 = counting_connect(rpc_url, "bookkeeper")
+        self._check_chain()
+        operator, bookkeeper, auditor = self._accounts()
+        self.ledger = LedgerClient(self.w3, self.deployment, operator, bookkeeper)
+        self.audit = AuditClient(self.w3, self.deployment, auditor)
+        self.monitor = NetworkMonitor(
+            MonitorPolicy(config.monitor.settings()),
+            ledger_height(self.ledger),
+            [traffic_of(self.w3)],
+            on_change=self._report_transition,
+        )
+        self.stop = threading.Event()
+        self.loop: BookkeeperLoop | None = None
+
+    def _check_chain(self) -> None:
+        chain_id = int(self.w3.eth.chain_id)
+        if chain_id != self.deployment.chain_id:
+            raise ChainError(
+                f"The node at {self.rpc_url} serves chain {chain_id}; the deployment"
+                f" {self.config.chain.deployment} is on chain"
+                f" {self.deployment.chain_id}."
+            )
+
+    def _accounts(self) -> tuple[str, str | LocalAccount, str | LocalAccount]:
+        chain = self.config.chain
+        unlocked = list(self.w3.eth.accounts)
+        operator = unlocked[0] if unlocked else ""
+        bookkeeper = _account(chain.bookkeeper_key_file, chain.bookkeeper, unlocked, 1)
+        auditor = _account(chain.auditor_key_file, chain.auditor, unlocked, 0)
+        return operator, bookkeeper, auditor
+
+    def _report_transition(self, transition: Transition) -> None:
+        log.warning(
+            "aggregation switched",
+            extra={
+                "to_state": transition.to_state.name,
+                "aggregate_size": self.config.bookkeeper.aggregate_size,
+            },
+        )
+
+    def run_loop(self) -> None:
+        """The bookkeeper loop, on the calling thread, until :attr:`stop` is set."""
+        with Store(self.config.store.path) as store:
+            bookkeeper = Bookkeeper(store, self.ledger, self.audit)
+            self.loop = BookkeeperLoop(
+                bookkeeper, self.config.bookkeeper.policy(), self.monitor
+            )
+            self.loop.run(self.stop)
+
+    def gateway(self) -> Any:
+        """The gateway app, wired to the monitor's snapshot."""
+        return create_chain_app(
+            self.config.store.path,
+            self.w3,
+            self.deployment,
+            network_state=self.monitor.snapshot,
+        )
+
+    def serve(self) -> None:
+        """Run everything until interrupted; the loop stops with the gateway."""
+        thread = threading.Thread(
+            target=self.run_loop, name="posaudit-bookkeeper", daemon=True
+        )
+        thread.start()
+        try:
+            gateway = self.config.gateway
+            serve(self.gateway(), gateway.host, gateway.port)
+        finally:
+            self.stop.set()
+            thread.join(timeout=30)
+
+
+def _account(
+    key_file: str, address: str, unlocked: list[str], fallback: int
+) -> str | LocalAccount:
+    if key_file:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as err:
+            raise ChainError(f"Cannot read the key file {key_file}: {err}.") from err
+
+        return Account.from_key(key)
+
+    if address:
+        return address
+
+    if len(unlocked) <= fallback:
+        raise ChainError(
+            "The node holds no unlocked accounts to use; set bookkeeper_key_file and "
+            "auditor_key_file in the [chain] section."
+        )
+
+    return unlocked[fallback]
