@@ -80,13 +80,30 @@ class GatewayConfig:
     port: int = 8000
 
 
+MODES = ("adaptive", "normal", "aggregate")
+
+
 @dataclass(frozen=True)
 class BookkeeperConfig:
-    """Block sizes; see :class:`posaudit.bookkeeper.BatchPolicy`."""
+    """Block sizes; see :class:`posaudit.bookkeeper.BatchPolicy`.
 
+    Attributes:
+        mode: ``adaptive`` follows the network monitor (claim 6); ``normal`` always
+            sends one record per block and ``aggregate`` always aggregates, for
+            benchmarks and tests that compare the two.
+    """
+
+    mode: str = "adaptive"
     aggregate_size: int = BatchPolicy.aggregate_size
     flush_timeout: float = BatchPolicy.flush_timeout
     max_block_records: int = BatchPolicy.max_block_records
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(
+                f"[bookkeeper] mode must be one of {', '.join(MODES)};"
+                f" got {self.mode!r}."
+            )
 
     def policy(self) -> BatchPolicy:
         """The batch policy these settings describe."""

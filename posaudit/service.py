@@ -44,16 +44,19 @@ class CongestionSource(Protocol):
         """Whether the network is congested now."""
 
 
-class AlwaysNormal:
-    """A monitor stand-in that never sees congestion: one record per block."""
+class FixedMode:
+    """A monitor stand-in with a fixed verdict: always normal or always congested."""
+
+    def __init__(self, congested: bool = False) -> None:
+        self._congested = congested
 
     def tick(self) -> None:
         """Nothing to sample."""
 
     @property
     def congested(self) -> bool:
-        """Always False."""
-        return False
+        """The fixed verdict."""
+        return self._congested
 
 
 @dataclass
@@ -75,7 +78,7 @@ class BookkeeperLoop:
             stay in the thread that made them, so build it inside :meth:`run`'s
             thread when running it in one).
         policy: Block sizes and the flush timeout.
-        monitor: The network monitor; :class:`AlwaysNormal` when omitted.
+        monitor: The network monitor; always normal when omitted.
         idle: Seconds to sleep when nothing is ready.
         clock: Wall-clock time, comparable with the store's arrival times.
     """
@@ -90,7 +93,7 @@ class BookkeeperLoop:
     ) -> None:
         self.bookkeeper = bookkeeper
         self.policy = policy
-        self.monitor = monitor or AlwaysNormal()
+        self.monitor = monitor or FixedMode(congested=False)
         self.idle = idle
         self.clock = clock
         self.stats = LoopStats()
@@ -204,9 +207,16 @@ class Service:
         with Store(self.config.store.path) as store:
             bookkeeper = Bookkeeper(store, self.ledger, self.audit)
             self.loop = BookkeeperLoop(
-                bookkeeper, self.config.bookkeeper.policy(), self.monitor
+                bookkeeper, self.config.bookkeeper.policy(), self._congestion()
             )
             self.loop.run(self.stop)
+
+    def _congestion(self) -> CongestionSource:
+        mode = self.config.bookkeeper.mode
+        if mode == "adaptive":
+            return self.monitor
+
+        return FixedMode(congested=mode == "aggregate")
 
     def gateway(self) -> Any:
         """The gateway app, wired to the monitor's snapshot."""

@@ -54,8 +54,9 @@ def test_hysteresis_off_sets_leave_levels_to_enter_levels(tmp_path):
         ("[bookkeeper]\naggregate_size = 1.5\n", {}, "aggregate_size"),
         ("", {"POSAUDIT_MONITOR_HYSTERESIS": "maybe"}, "true or false"),
         ("[chain\n", {}, "not valid TOML"),
+        ("[bookkeeper]\nmode = 'turbo'\n", {}, "mode must be one of"),
     ],
-    ids=["section", "key", "type", "float-for-int", "bool", "syntax"],
+    ids=["section", "key", "type", "float-for-int", "bool", "syntax", "mode"],
 )
 def test_bad_configuration_is_named(tmp_path, text, environ, message):
     with pytest.raises(ConfigError, match=message):
