@@ -27,11 +27,33 @@ import {SettlementRecords} from "./SettlementRecords.sol";
 contract Ledger is ILedger, AccessControl, Pausable {
     using SettlementRecords for bytes;
 
-    /// @dev Per-record data the rules need from the chain, read once per block.
-    struct Clock {
+    /// @dev The terminals of one block, kept in memory while its records are settled: a
+    /// direct-mapped table of `TERMINAL_SLOTS` slots, each holding one terminal's
+    /// registry answer (`entries`: terminal id, merchant, flags) and its `states`: the
+    /// last sequence number (with `SEQUENCE_DIRTY` once raised) and, from `HELD_SHIFT`
+    /// up, the amount approved for its merchant. A slot goes back to storage when another
+    /// terminal takes it, or at the end of the block; `order` lists the slots in use.
+    ///
+    /// The registry cannot change during an append (the Ledger only reads it), so its
+    /// answer holds for the whole block. Measured on anvil, 256-record block of 8
+    /// terminals: asking the registry and updating `_lastSequence` and `_held` for every
+    /// record cost ~1,700 gas per record more.
+    struct TerminalCache {
+        uint256[] entries;
+        uint256[] states;
+        uint256[] order;
+        uint256 used;
+    }
+
+    /// @dev What the rules read besides the record and its payer: the chain's clock, read
+    /// once per block, and the minimum age of goods category `category`, the category of
+    /// a record before (`NO_CATEGORY` at first). Ages change only in other transactions.
+    struct Context {
         uint64 now_;
         uint24 day;
         uint256 date;
+        uint256 category;
+        uint8 minimumAge;
     }
 
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
@@ -47,6 +69,29 @@ contract Ledger is ILedger, AccessControl, Pausable {
     uint8 internal constant FLAG_KYC = 2;
     uint8 internal constant FLAG_FROZEN = 4;
 
+    // Bit offsets of the `Account` fields in its storage word, where Solidity would put
+    // them (first field lowest); `balance` starts at bit 0.
+    uint256 private constant SPENT_TODAY_SHIFT = 64;
+    uint256 private constant SPENT_DAY_SHIFT = 128;
+    uint256 private constant DAILY_LIMIT_SHIFT = 152;
+    uint256 private constant BIRTH_DATE_SHIFT = 216;
+    uint256 private constant FLAGS_SHIFT = 248;
+    /// @dev The bits an approval leaves alone: daily limit, birth date and flags.
+    uint256 private constant ACCOUNT_FIXED_BITS = type(uint256).max << DAILY_LIMIT_SHIFT;
+
+    /// @dev No goods category: `Context.category` before the first record.
+    uint256 private constant NO_CATEGORY = type(uint256).max;
+
+    uint256 private constant TERMINAL_SLOTS = 64;
+    uint256 private constant TERMINAL_SLOT_BITS = 6;
+    /// @dev 2**64 divided by the golden ratio, odd: ids that differ in any byte spread.
+    uint64 private constant TERMINAL_HASH = 0x9E3779B97F4A7C15;
+    uint256 private constant ENTRY_USED = 1;
+    uint256 private constant ENTRY_ACTIVE = 2;
+    uint256 private constant ENTRY_MERCHANT_SHIFT = 32;
+    uint256 private constant SEQUENCE_DIRTY = 1 << 64;
+    uint256 private constant HELD_SHIFT = 128;
+
     ITerminalRegistry public immutable registry;
     bytes3 public immutable currency;
 
@@ -58,7 +103,10 @@ contract Ledger is ILedger, AccessControl, Pausable {
     mapping(bytes32 blockHash => StoredBlock) private _blocks;
     // Rejections are the exception, so a block whose records all pass writes no bitmap.
     mapping(bytes32 blockHash => mapping(uint256 word => uint256 bits)) private _rejectedBits;
-    mapping(address payer => Account) private _accounts;
+    // An `Account` packed by hand into the word Solidity would store for it, so that an
+    // approval reads and writes its payer's slot once: three field writes cost ~800 gas
+    // more per record (measured on anvil, 256-record block).
+    mapping(address payer => uint256 account) private _accounts;
     mapping(address merchant => uint256) private _held;
     mapping(address merchant => uint256) private _credit;
     mapping(bytes8 terminalId => uint64) private _lastSequence;
@@ -79,7 +127,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
         external
         onlyRole(OPERATOR_ROLE)
     {
-        if (payer == address(0) || _accounts[payer].flags & FLAG_OPEN != 0) {
+        if (payer == address(0) || (_accounts[payer] >> FLAGS_SHIFT) & FLAG_OPEN != 0) {
             revert LedgerPayerExists(payer);
         }
         uint32 day = birthDate % 100;
@@ -87,14 +135,16 @@ contract Ledger is ILedger, AccessControl, Pausable {
             revert LedgerBadBirthDate(birthDate);
         }
 
-        _accounts[payer] = Account({
-            balance: 0,
-            spentToday: 0,
-            spentDay: 0,
-            dailyLimit: dailyLimit,
-            birthDate: birthDate,
-            flags: FLAG_OPEN | (kyc ? FLAG_KYC : 0)
-        });
+        _accounts[payer] = _packAccount(
+            Account({
+                balance: 0,
+                spentToday: 0,
+                spentDay: 0,
+                dailyLimit: dailyLimit,
+                birthDate: birthDate,
+                flags: FLAG_OPEN | (kyc ? FLAG_KYC : 0)
+            })
+        );
         emit AccountOpened(payer, dailyLimit, birthDate, kyc);
     }
 
@@ -104,17 +154,18 @@ contract Ledger is ILedger, AccessControl, Pausable {
         external
         onlyRole(OPERATOR_ROLE)
     {
-        Account storage account = _openAccount(payer);
+        Account memory account = _openAccount(payer);
 
         account.dailyLimit = dailyLimit;
         account.flags = FLAG_OPEN | (kyc ? FLAG_KYC : 0) | (frozen ? FLAG_FROZEN : 0);
+        _accounts[payer] = _packAccount(account);
         emit AccountUpdated(payer, dailyLimit, kyc, frozen);
     }
 
     /// @notice Credits `amount` to `payer`'s balance; operator only.
     /// @dev Emits `Deposited`.
     function deposit(address payer, uint64 amount) external onlyRole(OPERATOR_ROLE) {
-        Account storage account = _openAccount(payer);
+        Account memory account = _openAccount(payer);
         if (amount == 0) revert LedgerZeroDeposit(payer);
         uint64 balance = account.balance;
         if (amount > type(uint64).max - balance) {
@@ -122,6 +173,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
         }
 
         account.balance = balance + amount;
+        _accounts[payer] = _packAccount(account);
         emit Deposited(payer, amount, balance + amount);
     }
 
@@ -200,7 +252,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
         external
         onlyRole(AUDIT_ROLE)
     {
-        Account storage account = _openAccount(payer);
+        Account memory account = _openAccount(payer);
         uint64 balance = account.balance;
         if (amount > type(uint64).max - balance) {
             revert LedgerBalanceOverflow(payer, balance, amount);
@@ -208,6 +260,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
 
         _takeHold(merchant, amount);
         account.balance = balance + amount;
+        _accounts[payer] = _packAccount(account);
         emit HoldRefunded(payer, merchant, amount);
     }
 
@@ -235,7 +288,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
 
     /// @notice The account of `payer`.
     function accountOf(address payer) external view returns (Account memory) {
-        return _accounts[payer];
+        return _unpackAccount(_accounts[payer]);
     }
 
     /// @notice The amount held for `merchant` until the audit releases it.
@@ -278,11 +331,9 @@ contract Ledger is ILedger, AccessControl, Pausable {
             revert LedgerRecordCountMismatch(header.recordCount, count);
         }
 
-        bytes32[] memory leafHashes = new bytes32[](count);
-        for (uint256 i = 0; i < count; ++i) {
-            leafHashes[i] = AuditTree.hashLeafCalldata(_leafAt(leaves, i));
-        }
-        bytes32 root = AuditTree.rootOf(leafHashes);
+        bytes32 root = AuditTree.rootOf(
+            AuditTree.hashLeavesCalldata(leaves, SettlementRecords.LEAF_LENGTH)
+        );
         if (root != header.recordsRoot) revert LedgerRootMismatch(header.recordsRoot, root);
     }
 
@@ -318,11 +369,15 @@ contract Ledger is ILedger, AccessControl, Pausable {
         private
         returns (uint32 approved, bytes32 holdsDigest)
     {
-        Clock memory clock = _clock();
+        Context memory context = _context();
+        TerminalCache memory terminals = _newTerminalCache();
+        // slither-disable-next-line uninitialized-local (decodeInto fills it for each record)
+        SettlementRecords.Record memory record;
         uint256 bits = 0;
         for (uint256 i = 0; i < count; ++i) {
-            SettlementRecords.Record memory record = _leafAt(leaves, i).decode();
-            StatusCode code = _applyRules(record, clock);
+            _leafAt(leaves, i).decodeInto(record);
+            StatusCode code = _applyRules(record, context, terminals);
+            // slither-disable-next-line incorrect-equality (an outcome, not a time)
             if (code == StatusCode.Approved) {
                 ++approved;
                 holdsDigest = SettlementRecords.chainHold(holdsDigest, record);
@@ -338,80 +393,173 @@ contract Ledger is ILedger, AccessControl, Pausable {
                 );
             }
 
-            if (i & 0xff == 0xff || i + 1 == count) {
-                if (bits != 0) _rejectedBits[blockHash][i >> 8] = bits;
+            // The bits of a word are stored at its last record, or the block's.
+            if (bits != 0 && (i & 0xff == 0xff || i + 1 == count)) {
+                _rejectedBits[blockHash][i >> 8] = bits;
                 bits = 0;
             }
         }
+        _writeBackAll(terminals);
     }
 
-    /// @dev Runs the rules in `StatusCode` order; on approval moves the amount to the
-    /// merchant's hold. State changes only once the sequence check has passed.
-    function _applyRules(SettlementRecords.Record memory record, Clock memory clock)
-        private
-        returns (StatusCode)
-    {
+    /// @dev Runs the rules in `StatusCode` order; on approval moves the amount from the
+    /// payer's balance to the terminal's slot, held for its merchant. State changes only
+    /// once the sequence check has passed.
+    function _applyRules(
+        SettlementRecords.Record memory record,
+        Context memory context,
+        TerminalCache memory terminals
+    ) private returns (StatusCode code) {
         if (record.chainId != block.chainid || record.ledger != address(this)) {
             return StatusCode.WrongDomain;
         }
-        (address merchant, bool active) = registry.terminalStatus(record.terminalId);
+        (uint256 slot, uint256 entry) = _terminalSlot(terminals, record.terminalId);
+        address merchant = address(uint160(entry >> ENTRY_MERCHANT_SHIFT));
         if (merchant == address(0)) return StatusCode.UnknownTerminal;
-        if (!active) return StatusCode.TerminalInactive;
+        // slither-disable-next-line incorrect-equality (a flag bit test)
+        if (entry & ENTRY_ACTIVE == 0) return StatusCode.TerminalInactive;
         if (merchant != record.merchant) return StatusCode.MerchantMismatch;
-        if (record.sequence <= _lastSequence[record.terminalId]) return StatusCode.SequenceNotAbove;
+        uint256 state = terminals.states[slot];
+        if (record.sequence <= uint64(state)) return StatusCode.SequenceNotAbove;
 
-        _lastSequence[record.terminalId] = record.sequence;
-        StatusCode code = _checkPayment(record, clock);
-        if (code == StatusCode.Approved) _hold(record, clock);
-        return code;
+        uint256 account;
+        (code, account) = _checkPayment(record, context);
+        state = (state >> HELD_SHIFT << HELD_SHIFT) | SEQUENCE_DIRTY | record.sequence;
+        // slither-disable-next-line incorrect-equality (an outcome, not a time)
+        if (code == StatusCode.Approved) {
+            _accounts[record.payer] = account;
+            // At most 1024 amounts below 2**63 per block: the sum stays below 2**73.
+            unchecked {
+                state += uint256(record.amount) << HELD_SHIFT;
+            }
+        }
+        terminals.states[slot] = state;
     }
 
-    function _checkPayment(SettlementRecords.Record memory record, Clock memory clock)
+    /// @dev The payment rules, on the payer's account read once. On approval, returns
+    /// the packed account as the approval leaves it: the amount taken from the balance
+    /// and added to the day's spending.
+    function _checkPayment(SettlementRecords.Record memory record, Context memory context)
         private
         view
-        returns (StatusCode)
+        returns (StatusCode, uint256 account)
     {
-        if (record.amount == 0 || record.amount > MAX_AMOUNT) return StatusCode.AmountOutOfRange;
-        if (record.currency != currency) return StatusCode.WrongCurrency;
-        if (record.timestamp > clock.now_ + MAX_CLOCK_SKEW) return StatusCode.TimestampInFuture;
-        if (record.validUntil < clock.now_) return StatusCode.Expired;
-
-        Account memory account = _accounts[record.payer];
-        // slither-disable-next-line incorrect-equality (a flag bit test)
-        if (account.flags & FLAG_OPEN == 0) return StatusCode.UnknownPayer;
-        if (account.flags & FLAG_FROZEN != 0) return StatusCode.PayerFrozen;
-        // slither-disable-next-line incorrect-equality (a flag bit test)
-        if (account.flags & FLAG_KYC == 0) return StatusCode.PayerNotKyc;
-        if (!_oldEnough(account.birthDate, _minimumAge[record.goodsCategory], clock.date)) {
-            return StatusCode.UnderAge;
+        uint64 amount = record.amount;
+        if (amount == 0 || amount > MAX_AMOUNT) return (StatusCode.AmountOutOfRange, 0);
+        if (record.currency != currency) return (StatusCode.WrongCurrency, 0);
+        if (record.timestamp > context.now_ + MAX_CLOCK_SKEW) {
+            return (StatusCode.TimestampInFuture, 0);
         }
-        if (record.amount > account.balance) return StatusCode.InsufficientBalance;
-        // slither-disable-next-line incorrect-equality (the same UTC day is the rule)
-        uint256 spent = account.spentDay == clock.day ? account.spentToday : 0;
-        if (spent + record.amount > account.dailyLimit) return StatusCode.DailyLimitExceeded;
-        return StatusCode.Approved;
-    }
+        if (record.validUntil < context.now_) return (StatusCode.Expired, 0);
 
-    function _hold(SettlementRecords.Record memory record, Clock memory clock) private {
-        Account storage account = _accounts[record.payer];
-        // Cannot underflow or overflow: _checkPayment proved amount <= balance and
-        // spentToday + amount <= dailyLimit, a uint64.
+        account = _accounts[record.payer];
+        uint256 flags = account >> FLAGS_SHIFT;
+        // slither-disable-next-line incorrect-equality (a flag bit test)
+        if (flags & FLAG_OPEN == 0) return (StatusCode.UnknownPayer, account);
+        if (flags & FLAG_FROZEN != 0) return (StatusCode.PayerFrozen, account);
+        // slither-disable-next-line incorrect-equality (a flag bit test)
+        if (flags & FLAG_KYC == 0) return (StatusCode.PayerNotKyc, account);
+        uint32 birthDate = uint32(account >> BIRTH_DATE_SHIFT);
+        if (!_oldEnough(birthDate, _minimumAgeOf(context, record.goodsCategory), context.date)) {
+            return (StatusCode.UnderAge, account);
+        }
+        uint64 balance = uint64(account);
+        if (amount > balance) return (StatusCode.InsufficientBalance, account);
+        uint256 spent = _spentOn(account, context.day) + amount;
+        if (spent > uint64(account >> DAILY_LIMIT_SHIFT)) {
+            return (StatusCode.DailyLimitExceeded, account);
+        }
+
+        // Cannot underflow: amount <= balance, checked above.
         unchecked {
-            // slither-disable-next-line incorrect-equality (the same UTC day is the rule)
-            uint64 spent = account.spentDay == clock.day ? account.spentToday : 0;
-            account.balance -= record.amount;
-            account.spentToday = spent + record.amount;
+            balance -= amount;
         }
-        account.spentDay = clock.day;
-        _held[record.merchant] += record.amount;
+        account = (account & ACCOUNT_FIXED_BITS)
+            | balance
+            | (spent << SPENT_TODAY_SHIFT)
+            | (uint256(context.day) << SPENT_DAY_SHIFT);
+        return (StatusCode.Approved, account);
     }
 
-    function _clock() private view returns (Clock memory) {
-        return Clock({
+    /// @dev What the payer of the packed `account` has spent on UTC day `day`.
+    function _spentOn(uint256 account, uint24 day) private pure returns (uint256) {
+        // slither-disable-next-line incorrect-equality (the same UTC day is the rule)
+        if (uint24(account >> SPENT_DAY_SHIFT) == day) return uint64(account >> SPENT_TODAY_SHIFT);
+        return 0;
+    }
+
+    function _newTerminalCache() private pure returns (TerminalCache memory) {
+        return TerminalCache({
+            entries: new uint256[](TERMINAL_SLOTS),
+            states: new uint256[](TERMINAL_SLOTS),
+            order: new uint256[](TERMINAL_SLOTS),
+            used: 0
+        });
+    }
+
+    /// @dev The slot of `terminalId` in the cache, and its entry. On a miss, writes back
+    /// the terminal that holds the slot, then loads the registry's answer and, for an
+    /// active terminal, its last sequence number.
+    function _terminalSlot(TerminalCache memory terminals, bytes8 terminalId)
+        private
+        returns (uint256 slot, uint256 entry)
+    {
+        // Fibonacci hashing: the product wraps modulo 2**64, its top bits pick the slot.
+        unchecked {
+            slot = (uint64(terminalId) * TERMINAL_HASH) >> (64 - TERMINAL_SLOT_BITS);
+        }
+        entry = terminals.entries[slot];
+        if (entry & ENTRY_USED != 0) {
+            if (bytes8(bytes32(entry)) == terminalId) return (slot, entry);
+            _writeBack(terminals, slot);
+        } else {
+            terminals.order[terminals.used++] = slot;
+        }
+
+        (address merchant, bool active) = registry.terminalStatus(terminalId);
+        entry = uint256(bytes32(terminalId))
+            | (uint256(uint160(merchant)) << ENTRY_MERCHANT_SHIFT)
+            | (active ? ENTRY_ACTIVE : 0)
+            | ENTRY_USED;
+        terminals.entries[slot] = entry;
+        terminals.states[slot] = active ? _lastSequence[terminalId] : 0;
+    }
+
+    /// @dev Stores what the terminal in `slot` changed: its last sequence number and its
+    /// merchant's hold.
+    function _writeBack(TerminalCache memory terminals, uint256 slot) private {
+        uint256 entry = terminals.entries[slot];
+        uint256 state = terminals.states[slot];
+        if (state & SEQUENCE_DIRTY != 0) _lastSequence[bytes8(bytes32(entry))] = uint64(state);
+        uint256 held = state >> HELD_SHIFT;
+        if (held != 0) _held[address(uint160(entry >> ENTRY_MERCHANT_SHIFT))] += held;
+    }
+
+    function _writeBackAll(TerminalCache memory terminals) private {
+        for (uint256 k = 0; k < terminals.used; ++k) {
+            _writeBack(terminals, terminals.order[k]);
+        }
+    }
+
+    function _context() private view returns (Context memory) {
+        return Context({
             now_: uint64(block.timestamp),
             day: uint24(block.timestamp / 1 days),
-            date: _civilDate(block.timestamp)
+            date: _civilDate(block.timestamp),
+            category: NO_CATEGORY,
+            minimumAge: 0
         });
+    }
+
+    /// @dev The minimum age of `category`, read from storage only when it differs from
+    /// the category of the record before. Measured on anvil, 256-record block of one
+    /// category: reading it for every record cost ~105 gas per record more.
+    function _minimumAgeOf(Context memory context, uint16 category) private view returns (uint8) {
+        if (context.category != category) {
+            context.category = category;
+            context.minimumAge = _minimumAge[category];
+        }
+        return context.minimumAge;
     }
 
     /// @dev Age in whole years by comparing yyyymmdd numbers: exact on birthdays, and a
@@ -421,6 +569,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
         pure
         returns (bool)
     {
+        // slither-disable-next-line incorrect-equality (0 means no minimum age)
         if (minimumAge == 0) return true;
         // slither-disable-next-line incorrect-equality (0 means no birth date on file)
         if (birthDate == 0) return false;
@@ -453,13 +602,40 @@ contract Ledger is ILedger, AccessControl, Pausable {
         }
     }
 
-    function _openAccount(address payer) private view returns (Account storage account) {
-        account = _accounts[payer];
+    function _openAccount(address payer) private view returns (Account memory account) {
+        account = _unpackAccount(_accounts[payer]);
+        // slither-disable-next-line incorrect-equality (a flag bit test)
         if (account.flags & FLAG_OPEN == 0) revert LedgerUnknownPayer(payer);
     }
 
+    function _packAccount(Account memory account) private pure returns (uint256) {
+        return uint256(account.balance)
+            | (uint256(account.spentToday) << SPENT_TODAY_SHIFT)
+            | (uint256(account.spentDay) << SPENT_DAY_SHIFT)
+            | (uint256(account.dailyLimit) << DAILY_LIMIT_SHIFT)
+            | (uint256(account.birthDate) << BIRTH_DATE_SHIFT)
+            | (uint256(account.flags) << FLAGS_SHIFT);
+    }
+
+    function _unpackAccount(uint256 account) private pure returns (Account memory) {
+        return Account({
+            balance: uint64(account),
+            spentToday: uint64(account >> SPENT_TODAY_SHIFT),
+            spentDay: uint24(account >> SPENT_DAY_SHIFT),
+            dailyLimit: uint64(account >> DAILY_LIMIT_SHIFT),
+            birthDate: uint32(account >> BIRTH_DATE_SHIFT),
+            flags: uint8(account >> FLAGS_SHIFT)
+        });
+    }
+
     function _leafAt(bytes calldata leaves, uint256 index) private pure returns (bytes calldata) {
-        uint256 start = index * SettlementRecords.LEAF_LENGTH;
-        return leaves[start:start + SettlementRecords.LEAF_LENGTH];
+        uint256 start;
+        uint256 end;
+        // Cannot overflow: index < MAX_RECORDS, so both stay below 2**18.
+        unchecked {
+            start = index * SettlementRecords.LEAF_LENGTH;
+            end = start + SettlementRecords.LEAF_LENGTH;
+        }
+        return leaves[start:end];
     }
 }

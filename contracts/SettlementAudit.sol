@@ -20,8 +20,9 @@ import {SettlementRecords} from "./SettlementRecords.sol";
 /// must rebuild the stored root. The money moves as the Ledger committed to in the holds
 /// digest, never as a caller says.
 ///
-/// Settlement state is one bit per record in a per-block bitmap, so a whole-block audit
-/// writes one storage word per 256 records.
+/// Settlement state is one bit per record in a per-block bitmap, set by the one-by-one
+/// paths; once a block is complete every approved record is resolved, so the whole-block
+/// audit of a block nobody settled from writes no bitmap at all.
 ///
 /// NOTE: The auditor role is trusted with claim 8's rejection: given a bookkeeper's
 /// proof that does not match, it reverses that record's payment. Anyone else with a
@@ -29,13 +30,11 @@ import {SettlementRecords} from "./SettlementRecords.sol";
 contract SettlementAudit is ISettlementAudit, AccessControl {
     using SettlementRecords for bytes;
 
-    /// @dev What a block audit owes merchants so far: `entries` (merchant, amount) pairs,
-    /// and `hold`, the position in the holds list of the next approved record.
+    /// @dev What a block audit owes merchants so far: `entries` (merchant, amount) pairs.
     struct Releases {
         address[] merchants;
         uint256[] amounts;
         uint256 entries;
-        uint256 hold;
     }
 
     bytes32 public constant AUDITOR_ROLE = keccak256("AUDITOR_ROLE");
@@ -72,8 +71,14 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         _checkBlockProof(stored, leafHashes);
         _checkHolds(stored, holds);
 
-        Releases memory releases;
-        (settled, releases) = _settleOpen(blockHash, stored.recordCount, holds);
+        Releases memory releases = _newReleases(stored.approvedCount);
+        if (audit.settled == 0 && audit.rejected == 0) {
+            // Nothing settled or rejected yet: every hold is open, in order.
+            settled = stored.approvedCount;
+            _releaseHolds(releases, holds, 0, settled);
+        } else {
+            settled = _settleOpen(blockHash, stored.recordCount, holds, releases);
+        }
         // At most 1024 records per block, so the count fits.
         audit.settled += uint32(settled);
         _store(blockHash, audit, stored.approvedCount);
@@ -187,12 +192,7 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         uint256 expected = uint256(stored.approvedCount) * SettlementRecords.HOLD_LENGTH;
         if (holds.length != expected) revert AuditMalformedHolds(holds.length, expected);
 
-        bytes32 digest = 0;
-        for (uint256 o = 0; o < expected; o += SettlementRecords.HOLD_LENGTH) {
-            digest = SettlementRecords.chainHoldPacked(
-                digest, holds[o:o + SettlementRecords.HOLD_LENGTH]
-            );
-        }
+        bytes32 digest = SettlementRecords.chainHolds(0, holds);
         if (digest != stored.holdsDigest) revert AuditHoldsMismatch(stored.holdsDigest, digest);
     }
 
@@ -228,15 +228,19 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
     }
 
     /// @dev Marks every approved, open record settled, 256 at a time, and sums what each
-    /// merchant is owed.
-    function _settleOpen(bytes32 blockHash, uint256 count, bytes calldata holds)
-        private
-        returns (uint256 settled, Releases memory releases)
-    {
-        releases = Releases(new address[](count), new uint256[](count), 0, 0);
+    /// merchant is owed: the path of a block some of whose records were settled or
+    /// rejected one by one before.
+    function _settleOpen(
+        bytes32 blockHash,
+        uint256 count,
+        bytes calldata holds,
+        Releases memory releases
+    ) private returns (uint256 settled) {
+        uint256 hold = 0;
         for (uint256 word = 0; word << 8 < count; ++word) {
             uint256 end = count - (word << 8) < 256 ? count - (word << 8) : 256;
-            uint256 opened = _settleWord(blockHash, word, end, holds, releases);
+            uint256 opened;
+            (opened, hold) = _settleWord(blockHash, word, end, holds, hold, releases);
             if (opened != 0) {
                 _resolvedBits[blockHash][word] |= opened;
                 settled += _popCount(opened);
@@ -260,32 +264,65 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
 
     /// @dev Adds the open records of one 256-record word to `releases`, reading the
     /// Ledger's rejections and this contract's resolutions once. The holds list only
-    /// approved records, so `releases.hold` counts approved positions, open or not.
+    /// approved records, so `hold` counts approved positions, open or not.
     /// @return opened The bits of the records settled.
+    /// @return next The position in the holds list of the next word's first approved record.
     function _settleWord(
         bytes32 blockHash,
         uint256 word,
         uint256 end,
         bytes calldata holds,
+        uint256 hold,
         Releases memory releases
-    ) private view returns (uint256 opened) {
+    ) private view returns (uint256 opened, uint256 next) {
         uint256 rejected = ledger.rejectedBitsOf(blockHash, word);
         uint256 resolved = _resolvedBits[blockHash][word];
         for (uint256 bit = 0; bit < end; ++bit) {
             uint256 mask = 1 << bit;
             if (rejected & mask != 0) continue;
             if (resolved & mask == 0) {
-                (address merchant, uint64 amount) = _holdAt(holds, releases.hold);
-                _addRelease(releases, merchant, amount);
+                _releaseHolds(releases, holds, hold, hold + 1);
                 opened |= mask;
             }
-            ++releases.hold;
+            ++hold;
         }
+        next = hold;
+    }
+
+    /// @dev Adds holds `from` (inclusive) to `to` (exclusive) of the list to `releases`,
+    /// each run of consecutive holds for one merchant summed first: adding a run at once
+    /// gives the entries that adding its holds one by one would.
+    function _releaseHolds(
+        Releases memory releases,
+        bytes calldata holds,
+        uint256 from,
+        uint256 to
+    ) private pure {
+        if (to > holds.length / SettlementRecords.HOLD_LENGTH) {
+            revert AuditMalformedHolds(holds.length, to * SettlementRecords.HOLD_LENGTH);
+        }
+        if (from >= to) return;
+
+        (address merchant, uint256 amount) = _holdAt(holds, from);
+        // Cannot overflow: `hold` stays below `to`, and a run sums at most 1024 amounts
+        // below 2**64.
+        unchecked {
+            for (uint256 hold = from + 1; hold < to; ++hold) {
+                (address next, uint64 nextAmount) = _holdAt(holds, hold);
+                if (next == merchant) {
+                    amount += nextAmount;
+                } else {
+                    _addRelease(releases, merchant, amount);
+                    (merchant, amount) = (next, nextAmount);
+                }
+            }
+        }
+        _addRelease(releases, merchant, amount);
     }
 
     /// @dev Adds `amount` to `merchant`'s entry among the last `MERCHANT_LOOKBACK` ones,
     /// or starts a new entry.
-    function _addRelease(Releases memory releases, address merchant, uint64 amount)
+    function _addRelease(Releases memory releases, address merchant, uint256 amount)
         private
         pure
     {
@@ -309,6 +346,7 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
     {
         uint256 hold = index - _rejectedBefore(blockHash, index);
         uint256 o = hold * SettlementRecords.HOLD_LENGTH;
+        // Slicing the terminal id checks that the hold lies inside the list.
         bytes8 terminalId = bytes8(holds[o:o + 8]);
         uint64 sequence = uint64(bytes8(holds[o + 8:o + 16]));
         (merchant, amount) = _holdAt(holds, hold);
@@ -344,18 +382,37 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         _resolvedBits[blockHash][index >> 8] |= 1 << (index & 0xff);
     }
 
+    /// @dev Whether record `index` is settled or rejected. Every approved record of a
+    /// complete block is, so a whole-block audit, which always completes its block, does
+    /// not write the bits.
     function _isResolved(bytes32 blockHash, uint256 index) private view returns (bool) {
+        if (_audits[blockHash].complete) return true;
         return _resolvedBits[blockHash][index >> 8] & (1 << (index & 0xff)) != 0;
     }
 
+    /// @dev The merchant and amount of hold `hold` of the list. Requires
+    /// `hold < holds.length / HOLD_LENGTH`, which callers check.
     function _holdAt(bytes calldata holds, uint256 hold)
         private
         pure
         returns (address merchant, uint64 amount)
     {
-        uint256 o = hold * SettlementRecords.HOLD_LENGTH;
-        amount = uint64(bytes8(holds[o + 16:o + 24]));
-        merchant = address(bytes20(holds[o + 24:o + 44]));
+        uint256 o;
+        // Cannot overflow: hold < holds.length / HOLD_LENGTH.
+        unchecked {
+            o = hold * SettlementRecords.HOLD_LENGTH;
+        }
+        // Two loads inside the hold: amount at 16, merchant at 24. Measured on anvil,
+        // 256 holds: slicing both fields cost ~TODO gas per hold more.
+        assembly ("memory-safe") {
+            let p := add(holds.offset, o)
+            amount := shr(192, calldataload(add(p, 16)))
+            merchant := shr(96, calldataload(add(p, 24)))
+        }
+    }
+
+    function _newReleases(uint256 holds) private pure returns (Releases memory) {
+        return Releases(new address[](holds), new uint256[](holds), 0);
     }
 
     function _single(address merchant) private pure returns (address[] memory list) {

