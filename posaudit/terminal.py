@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRIES = 3
+# A terminal waits at most this long between two attempts, so that it notices a
+# gateway that is back within seconds, not minutes.
+MAX_BACKOFF = 2.0
 DEFAULT_VALIDITY = 3_600
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
@@ -182,7 +185,8 @@ class TerminalClient:
         timeout: Seconds to wait for a connection and for an answer.
         retries: Extra attempts after a timeout, a lost connection or a 502, 503
             or 504.
-        backoff: Seconds before the first retry; doubles with each retry.
+        backoff: Seconds before the first retry; doubles with each retry, up to
+            ``MAX_BACKOFF``.
     """
 
     def __init__(
@@ -343,13 +347,19 @@ class TerminalClient:
         problem = "no attempt was made"
         for attempt in range(1, self.retries + 2):
             if attempt > 1:
-                time.sleep(self.backoff * 2 ** (attempt - 2))
+                time.sleep(min(self.backoff * 2 ** (attempt - 2), MAX_BACKOFF))
 
             try:
                 response = self._session.request(
                     method, url, data=body, headers=headers, timeout=self.timeout
                 )
-            except (requests.ConnectionError, requests.Timeout) as err:
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as err:
+                # A gateway that dies mid-reply may or may not have stored the
+                # record; the same body again gets the first answer either way.
                 problem = f"{type(err).__name__}: {err}"
                 log.warning(
                     "gateway did not answer, retrying with the same body",

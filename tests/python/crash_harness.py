@@ -1,0 +1,333 @@
+"""Kill the running service with SIGKILL while records flow, restart it, and count.
+
+The service runs as its own process (``posaudit serve``) against an anvil the harness
+owns. Terminal threads upload signed records through the real gateway, retrying with
+the same body while the service is down; a killer thread sends SIGKILL at random
+moments and starts the service again. At the end, every record a terminal was told is
+accepted must be approved on chain exactly once and every block's settlement complete.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
+from web3 import Web3
+
+from posaudit.audit import AuditClient
+from posaudit.chain.deploy import Deployment, connect, contract_at, deploy
+from posaudit.chain.devnet import Devnet, free_port
+from posaudit.exceptions import GatewayUnavailableError, PosauditError
+from posaudit.ledger import LedgerClient
+from posaudit.records import Domain, SignedRecord
+from posaudit.signing import generate_key
+from posaudit.store import Store
+from posaudit.terminal import TerminalClient
+
+MERCHANT = "0x" + "4d" * 20
+TERMINALS = 4
+PAYERS = 16
+BALANCE = 10**15
+
+
+@dataclass
+class TrialResult:
+    """What one trial saw."""
+
+    kills: int
+    errors: list[str] = field(default_factory=list)
+    acknowledged: set[tuple[str, int]] = field(default_factory=set)
+    approved: Counter[tuple[str, int]] = field(default_factory=Counter)
+    blocks: int = 0
+    blocks_complete: int = 0
+    credit: int = 0
+    expected_credit: int = 0
+    seconds: float = 0.0
+
+    @property
+    def lost(self) -> int:
+        """Acknowledged records not approved on chain."""
+        return len(self.acknowledged - set(self.approved))
+
+    @property
+    def settled_twice(self) -> int:
+        """Records approved more than once."""
+        return sum(count > 1 for count in self.approved.values())
+
+
+class ServiceProcess:
+    """``posaudit serve`` as a child process that can be killed and restarted."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [str(Path(sys.executable).with_name("posaudit"))]
+        with self.log.open("ab") as stream:
+            self.process = subprocess.Popen(
+                [*command, "serve", "--config", str(self.config)],
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _write_config(path: Path, rpc_url: str, workdir: Path, port: int) -> None:
+    path.write_text(
+        "[chain]\n"
+        f'rpc_url = "{rpc_url}"\n'
+        f'deployment = "{workdir / "deployment.json"}"\n'
+        "[store]\n"
+        f'path = "{workdir / "posaudit.db"}"\n'
+        "[gateway]\n"
+        f"port = {port}\n"
+        "[bookkeeper]\n"
+        'mode = "aggregate"\n'
+        "aggregate_size = 256\n"
+        "flush_timeout = 0.3\n"
+    )
+
+
+def _setup(w3: Web3, workdir: Path) -> tuple[Deployment, dict[str, rsa.RSAPrivateKey]]:
+    admin, bookkeeper = w3.eth.accounts[:2]
+    deployment = deploy(w3, admin, bookkeeper)
+    deployment.save(workdir / "deployment.json")
+    ledger = LedgerClient(w3, deployment, admin, bookkeeper)
+    keys = {f"CRASH{i:03d}": generate_key() for i in range(TERMINALS)}
+    for terminal_id, key in keys.items():
+        ledger.register_terminal(terminal_id, MERCHANT, key.public_key())
+    for payer in _payers():
+        ledger.open_account(payer, BALANCE, 1980_01_01)
+        ledger.deposit(payer, BALANCE)
+    return deployment, keys
+
+
+def _payers() -> list[str]:
+    return [f"0x{0xC4A5 << 140 | i:040x}" for i in range(PAYERS)]
+
+
+def _records(
+    client: TerminalClient, count: int, now: int, rng: random.Random
+) -> list[SignedRecord]:
+    payers = _payers()
+    return [
+        client.make_record(
+            sequence,
+            payers[rng.randrange(PAYERS)],
+            MERCHANT,
+            rng.randint(1, 10_000),
+            "EUR",
+            timestamp=now,
+            valid_until=now + 86_400,
+        )
+        for sequence in range(1, count + 1)
+    ]
+
+
+def _upload(
+    client: TerminalClient,
+    records: list[SignedRecord],
+    batch: int,
+    acknowledged: set[tuple[str, int]],
+    errors: list[str],
+    lock: threading.Lock,
+) -> None:
+    for start in range(0, len(records), batch):
+        chunk = records[start : start + batch]
+        try:
+            done = _send(client, chunk)
+        except GatewayUnavailableError:
+            continue  # never acknowledged: it does not count
+        except PosauditError as err:
+            with lock:
+                errors.append(f"{client.terminal_id}: {err}")
+            continue
+
+        with lock:
+            acknowledged.update(signed.record.key for signed in done)
+
+
+def _send(client: TerminalClient, chunk: list[SignedRecord]) -> list[SignedRecord]:
+    if len(chunk) == 1:
+        client.submit(chunk[0])
+        return chunk
+
+    answer = client.submit_batch(chunk)
+    return [
+        signed
+        for signed, outcome in zip(chunk, answer.outcomes, strict=True)
+        if outcome.error is None
+    ]
+
+
+def _killer(
+    service: ServiceProcess,
+    health: str,
+    stop: threading.Event,
+    rng: random.Random,
+    kills: list[int],
+) -> None:
+    # Each kill falls at a random moment of a service that has come up, so that the
+    # run makes progress between kills and the kills land in every phase of work.
+    while not stop.is_set():
+        _wait_healthy(health, stop)
+        if stop.wait(rng.uniform(0.2, 2.5)):
+            return
+
+        service.kill()
+        kills.append(1)
+        service.start()
+
+
+def _wait_healthy(url: str, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        stop.wait(0.05)
+
+
+def _wait_settled(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with Store(path) as store:
+                if store.outbox_size() == 0 and not store.unaudited_blocks():
+                    if not store.submissions():
+                        return
+        except (sqlite3.Error, PosauditError):
+            pass  # the service may be writing or recovering; look again
+        time.sleep(0.2)
+    raise TimeoutError(f"The outbox of {path} did not drain in {timeout} s.")
+
+
+def _count_on_chain(
+    w3: Web3, deployment: Deployment, result: TrialResult, amounts: dict
+) -> None:
+    ledger = contract_at(w3, "Ledger", deployment.ledger)
+    audit = AuditClient(w3, deployment, w3.eth.accounts[0])
+    for event in ledger.events.TransactionApproved.get_logs(from_block=0):
+        key = (bytes(event["args"]["terminalId"]).decode(), event["args"]["sequence"])
+        result.approved[key] += 1
+    for event in ledger.events.BlockValidated.get_logs(from_block=0):
+        result.blocks += 1
+        result.blocks_complete += audit.audit_of(
+            bytes(event["args"]["blockHash"])
+        ).complete
+    result.credit = int(
+        ledger.functions.creditOf(Web3.to_checksum_address(MERCHANT)).call()
+    )
+    result.expected_credit = sum(amounts[key] for key in result.acknowledged)
+
+
+def run_trial(workdir: Path, records_per_trial: int, seed: int) -> TrialResult:
+    """One trial: a fresh chain and store, uploads under random SIGKILLs."""
+    rng = random.Random(seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with Devnet() as devnet:
+        w3 = connect(devnet.rpc_url)
+        deployment, keys = _setup(w3, workdir)
+        port = free_port()
+        config = workdir / "posaudit.toml"
+        _write_config(config, devnet.rpc_url, workdir, port)
+        service = ServiceProcess(config, workdir / "service.log")
+        service.start()
+        domain = Domain(deployment.chain_id, deployment.ledger)
+        now = int(w3.eth.get_block("latest")["timestamp"])
+        per_terminal = records_per_trial // TERMINALS
+        clients, work, amounts = [], [], {}
+        for index, (terminal_id, key) in enumerate(keys.items()):
+            client = TerminalClient(
+                f"http://127.0.0.1:{port}",
+                terminal_id,
+                key,
+                domain,
+                timeout=10.0,
+                retries=40,
+                backoff=0.05,
+            )
+            records = _records(client, per_terminal, now, rng)
+            amounts.update({r.record.key: r.record.amount for r in records})
+            clients.append(client)
+            work.append((client, records, 1 if index % 2 == 0 else 100))
+
+        acknowledged: set[tuple[str, int]] = set()
+        errors: list[str] = []
+        lock, stop, kills = threading.Lock(), threading.Event(), []
+        health = f"http://127.0.0.1:{port}/health"
+        killer = threading.Thread(
+            target=_killer, args=(service, health, stop, rng, kills)
+        )
+        uploaders = [
+            threading.Thread(
+                target=_upload,
+                args=(client, records, batch, acknowledged, errors, lock),
+            )
+            for client, records, batch in work
+        ]
+        killer.start()
+        for thread in uploaders:
+            thread.start()
+        for thread in uploaders:
+            thread.join()
+        stop.set()
+        killer.join()
+        try:
+            _wait_settled(workdir / "posaudit.db", timeout=300)
+        finally:
+            service.stop()
+
+        result = TrialResult(kills=len(kills), errors=errors, acknowledged=acknowledged)
+        _count_on_chain(w3, deployment, result, amounts)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def main() -> None:
+    """``python -m tests.python.crash_harness TRIALS RECORDS DIR``: print a table."""
+    trials, records, workdir = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    print("trial kills acknowledged approved lost settled_twice complete seconds")
+    for trial in range(trials):
+        result = run_trial(workdir / f"trial{trial}", records, seed=trial)
+        print(
+            trial,
+            result.kills,
+            len(result.acknowledged),
+            len(result.approved),
+            result.lost,
+            result.settled_twice,
+            f"{result.blocks_complete}/{result.blocks}",
+            round(result.seconds, 1),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
