@@ -23,8 +23,8 @@ NODE_STAMP := node_modules/.installed
 SOLC_SHIM := .solcx/solc-v$(SOLC_VERSION)
 BUILD_STAMP := .build/__local__.json
 
-.PHONY: setup compile demo test test-python test-contracts test-devnet lint slither \
-	bench clean
+.PHONY: setup compile demo test test-python test-contracts test-devnet forge-test \
+	mutants lint slither bench clean
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(SOLC_SHIM)
 
@@ -67,8 +67,8 @@ slither: $(SLITHER_STAMP) $(NODE_STAMP) $(SOLC_SHIM)
 		--solc $(SOLC_SHIM)
 
 lint: setup slither
-	$(BIN)/ruff check posaudit tests scripts
-	$(BIN)/ruff format --check posaudit tests scripts
+	$(BIN)/ruff check posaudit tests scripts forge
+	$(BIN)/ruff format --check posaudit tests scripts forge
 
 test-python: setup
 	$(BIN)/pytest -q -p no:ape_test tests/python
@@ -79,10 +79,21 @@ test-contracts: compile
 test-devnet: compile
 	$(BIN)/ape test tests/contracts -q --network ethereum:local:foundry
 
-test: lint test-python test-contracts test-devnet
+# The invariant suite on forge's EVM (forge/test/Invariants.t.sol; seed, runs and depth in
+# foundry.toml). forge runs from the platform binary: the npm wrapper exits 0 when tests
+# fail.
+forge-test: $(NODE_STAMP) $(SOLC_SHIM)
+	$(FORGE_BIN)/forge test --match-path forge/test/Invariants.t.sol
+
+# Copies of contracts/ with one guard removed each (forge/mutants.py); fails when the
+# invariant suite lets one of them pass. Reuses the build that forge-test leaves.
+mutants: $(NODE_STAMP) $(SOLC_SHIM)
+	FORGE=$(FORGE_BIN)/forge SOLC=$(CURDIR)/$(SOLC_SHIM) $(PYTHON) forge/mutants.py
+
+test: lint test-python test-contracts test-devnet forge-test mutants
 
 bench: compile
 	$(BIN)/posaudit bench
 
 clean:
-	rm -rf .build contracts/.cache out
+	rm -rf .build contracts/.cache out forge/out forge/cache
