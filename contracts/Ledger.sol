@@ -46,10 +46,12 @@ contract Ledger is ILedger, AccessControl, Pausable {
     }
 
     /// @dev What the rules read besides the record and its payer: the chain's clock, read
-    /// once per block, and the minimum age of goods category `category`, the category of
-    /// a record before (`NO_CATEGORY` at first). Ages change only in other transactions.
+    /// once per block (`latest`: the newest record timestamp accepted), and the minimum
+    /// age of goods category `category`, the category of a record before (`NO_CATEGORY`
+    /// at first). Ages change only in other transactions.
     struct Context {
         uint64 now_;
+        uint256 latest;
         uint24 day;
         uint256 date;
         uint256 category;
@@ -379,7 +381,10 @@ contract Ledger is ILedger, AccessControl, Pausable {
             StatusCode code = _applyRules(record, context, terminals);
             // slither-disable-next-line incorrect-equality (an outcome, not a time)
             if (code == StatusCode.Approved) {
-                ++approved;
+                // Cannot overflow: at most MAX_RECORDS records.
+                unchecked {
+                    ++approved;
+                }
                 holdsDigest = SettlementRecords.chainHold(holdsDigest, record);
                 emit TransactionApproved(
                     record.terminalId, record.payer, record.merchant, blockHash, uint32(i),
@@ -447,9 +452,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
         uint64 amount = record.amount;
         if (amount == 0 || amount > MAX_AMOUNT) return (StatusCode.AmountOutOfRange, 0);
         if (record.currency != currency) return (StatusCode.WrongCurrency, 0);
-        if (record.timestamp > context.now_ + MAX_CLOCK_SKEW) {
-            return (StatusCode.TimestampInFuture, 0);
-        }
+        if (record.timestamp > context.latest) return (StatusCode.TimestampInFuture, 0);
         if (record.validUntil < context.now_) return (StatusCode.Expired, 0);
 
         account = _accounts[record.payer];
@@ -460,12 +463,17 @@ contract Ledger is ILedger, AccessControl, Pausable {
         // slither-disable-next-line incorrect-equality (a flag bit test)
         if (flags & FLAG_KYC == 0) return (StatusCode.PayerNotKyc, account);
         uint32 birthDate = uint32(account >> BIRTH_DATE_SHIFT);
-        if (!_oldEnough(birthDate, _minimumAgeOf(context, record.goodsCategory), context.date)) {
+        uint8 minimumAge = _minimumAgeOf(context, record.goodsCategory);
+        if (minimumAge != 0 && !_oldEnough(birthDate, minimumAge, context.date)) {
             return (StatusCode.UnderAge, account);
         }
         uint64 balance = uint64(account);
         if (amount > balance) return (StatusCode.InsufficientBalance, account);
-        uint256 spent = _spentOn(account, context.day) + amount;
+        uint256 spent;
+        // Cannot overflow: a uint64 plus an amount below 2**63.
+        unchecked {
+            spent = _spentOn(account, context.day) + amount;
+        }
         if (spent > uint64(account >> DAILY_LIMIT_SHIFT)) {
             return (StatusCode.DailyLimitExceeded, account);
         }
@@ -544,6 +552,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
     function _context() private view returns (Context memory) {
         return Context({
             now_: uint64(block.timestamp),
+            latest: block.timestamp + MAX_CLOCK_SKEW,
             day: uint24(block.timestamp / 1 days),
             date: _civilDate(block.timestamp),
             category: NO_CATEGORY,
