@@ -190,12 +190,13 @@ def _killer(
     stop: threading.Event,
     rng: random.Random,
     kills: list[int],
+    kill_after: tuple[float, float],
 ) -> None:
     # Each kill falls at a random moment of a service that has come up, so that the
     # run makes progress between kills and the kills land in every phase of work.
     while not stop.is_set():
         _wait_healthy(health, stop)
-        if stop.wait(rng.uniform(0.2, 2.5)):
+        if stop.wait(rng.uniform(*kill_after)):
             return
 
         service.kill()
@@ -246,8 +247,22 @@ def _count_on_chain(
     result.expected_credit = sum(amounts[key] for key in result.acknowledged)
 
 
-def run_trial(workdir: Path, records_per_trial: int, seed: int) -> TrialResult:
-    """One trial: a fresh chain and store, uploads under random SIGKILLs."""
+def run_trial(
+    workdir: Path,
+    records_per_trial: int,
+    seed: int,
+    kill_after: tuple[float, float] = (0.2, 2.5),
+) -> TrialResult:
+    """One trial: a fresh chain and store, uploads under random SIGKILLs.
+
+    Args:
+        workdir: Folder for the deployment, the store, the config and the log.
+        records_per_trial: Records uploaded by four terminals (two one by one, two
+            in batches of 100).
+        seed: Seeds the records and the moments of the kills.
+        kill_after: Range of seconds, drawn uniformly, from the service answering
+            its health check to the next SIGKILL.
+    """
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -283,7 +298,7 @@ def run_trial(workdir: Path, records_per_trial: int, seed: int) -> TrialResult:
         lock, stop, kills = threading.Lock(), threading.Event(), []
         health = f"http://127.0.0.1:{port}/health"
         killer = threading.Thread(
-            target=_killer, args=(service, health, stop, rng, kills)
+            target=_killer, args=(service, health, stop, rng, kills, kill_after)
         )
         uploaders = [
             threading.Thread(
@@ -311,11 +326,18 @@ def run_trial(workdir: Path, records_per_trial: int, seed: int) -> TrialResult:
 
 
 def main() -> None:
-    """``python -m tests.python.crash_harness TRIALS RECORDS DIR``: print a table."""
+    """``python -m tests.python.crash_harness TRIALS RECORDS DIR [MAX_UPTIME]``.
+
+    Prints one line per trial; kills fall 0.2 s to MAX_UPTIME (default 10 s) after
+    the service answers.
+    """
     trials, records, workdir = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    uptime = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
     print("trial kills acknowledged approved lost settled_twice complete seconds")
     for trial in range(trials):
-        result = run_trial(workdir / f"trial{trial}", records, seed=trial)
+        result = run_trial(
+            workdir / f"trial{trial}", records, seed=trial, kill_after=(0.2, uptime)
+        )
         print(
             trial,
             result.kills,
