@@ -411,8 +411,9 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         }
     }
 
-    function _newReleases(uint256 holds) private pure returns (Releases memory) {
-        return Releases(new address[](holds), new uint256[](holds), 0);
+    /// @dev Room for `capacity` entries: at most one per hold.
+    function _newReleases(uint256 capacity) private pure returns (Releases memory) {
+        return Releases(new address[](capacity), new uint256[](capacity), 0);
     }
 
     function _single(address merchant) private pure returns (address[] memory list) {
