@@ -1,9 +1,10 @@
 """Sending transactions from one account with its own nonce and gas handling.
 
-A service that sends many transactions cannot ask the node for the nonce each time
-(two sends in flight would get the same one), nor trust a bare gas estimate (the state
+A service that sends many transactions cannot rely on the node's count alone (two
+sends in flight would get the same nonce), nor trust a bare gas estimate (the state
 can change between estimate and inclusion). The sender keeps the next nonce itself,
-starting from the node's pending count, and adds a margin to each estimate. With a
+never below the node's pending count (the account may also send elsewhere), and adds
+a margin to each estimate. With a
 local key it signs itself; with an address it lets the node sign (a devnet's unlocked
 accounts).
 """
@@ -106,8 +107,10 @@ class Sender:
         return receipt
 
     def _params(self, call: Any) -> dict[str, Any]:
-        if self._nonce is None:
-            self._nonce = self.w3.eth.get_transaction_count(self.address, "pending")
+        # Our own count keeps two sends in flight apart; the node's pending count
+        # covers transactions sent from the same account by anyone else.
+        pending = self.w3.eth.get_transaction_count(self.address, "pending")
+        self._nonce = max(self._nonce or 0, pending)
 
         try:
             estimate = call.estimate_gas({"from": self.address})
