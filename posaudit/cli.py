@@ -15,6 +15,7 @@ from rich.table import Table
 from posaudit.cli_audit import audit
 from posaudit.cli_gateway import serve_command
 from posaudit.cli_receipts import receipt, verify
+from posaudit.cli_simulate import DEFAULT, run_day, simulate
 from posaudit.cli_terminal import terminal
 
 console = Console()
@@ -32,6 +33,7 @@ cli.add_command(receipt)
 cli.add_command(verify)
 cli.add_command(serve_command)
 cli.add_command(terminal)
+cli.add_command(simulate)
 
 
 @cli.command()
@@ -41,10 +43,18 @@ cli.add_command(terminal)
     type=click.Path(path_type=Path),
     default=Path("out"),
     show_default=True,
-    help="Folder for the store, the deployment and the devnet's chain (replaced).",
+    help="Folder for the report, receipts, store, deployment and chain (replaced).",
 )
-def demo(rpc_url: str | None, out: Path) -> None:
-    """Settle and audit a few dozen signed records, every rejection kind."""
+@click.option(
+    "--small",
+    is_flag=True,
+    help="The 37-record tour of every rejection kind, as a table, instead of a day.",
+)
+def demo(rpc_url: str | None, out: Path, small: bool) -> None:
+    """A simulated business day (as 'posaudit simulate'), or the small tour."""
+    if not small:
+        sys.exit(run_day(console, DEFAULT, out, rpc_url))
+
     from posaudit.demo import run_demo
 
     with Progress(console=console, transient=True) as progress:
