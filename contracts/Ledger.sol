@@ -180,6 +180,14 @@ contract Ledger is ILedger, AccessControl, Pausable {
     }
 
 
+    /// @inheritdoc ILedger
+    function recordNetworkState(bool congested, uint64 blockRate, uint64 linkRate)
+        external
+        onlyRole(BOOKKEEPER_ROLE)
+    {
+        emit NetworkStateChanged(congested, blockRate, linkRate);
+    }
+
     /// @notice Sets the difficulty target blocks must meet; operator only.
     function setTarget(uint256 target_) external onlyRole(OPERATOR_ROLE) {
         _target = target_;

@@ -145,8 +145,9 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
             revert AuditMalformedRecord(record.length, SettlementRecords.RECORD_LENGTH);
         }
         bytes8 terminalId = record.decode().terminalId;
+        (address merchant,) = registry.terminalStatus(terminalId);
+        if (merchant == address(0)) revert AuditUnknownTerminal(terminalId);
         (bytes memory modulus, bytes memory exponent) = registry.publicKeyOf(terminalId);
-        if (modulus.length == 0) revert AuditUnknownTerminal(terminalId);
 
         return RSA.pkcs1Sha256(record.digest(), signature, exponent, modulus);
     }

@@ -221,6 +221,24 @@ class LedgerClient:
 
         return self._result(header, receipt)
 
+    def record_network_state(
+        self, congested: bool, block_rate: float, link_rate: float
+    ) -> Any:
+        """Put a change of the network monitor's state on chain, for auditors.
+
+        Args:
+            congested: The new state.
+            block_rate: Settlement blocks per second measured.
+            link_rate: Bytes per second on the busiest link measured.
+
+        Returns:
+            The transaction receipt.
+        """
+        call = self.ledger.functions.recordNetworkState(
+            congested, round(block_rate * 1_000), round(link_rate)
+        )
+        return self.sender.transact(call)
+
     def find_block_result(
         self, header: BlockHeader, from_chain_block: int
     ) -> AppendResult | None:

@@ -27,7 +27,7 @@ from posaudit.exceptions import ChainError
 from posaudit.gateway import create_chain_app, serve
 from posaudit.ledger import LedgerClient
 from posaudit.monitor import NetworkMonitor, counting_connect, ledger_height, traffic_of
-from posaudit.monitor_policy import MonitorPolicy, Transition
+from posaudit.monitor_policy import MonitorPolicy, NetworkState, Transition
 from posaudit.store import Store
 
 log = logging.getLogger(__name__)
@@ -194,13 +194,16 @@ class Service:
         return operator, bookkeeper, auditor
 
     def _report_transition(self, transition: Transition) -> None:
-        log.warning(
-            "aggregation switched",
-            extra={
-                "to_state": transition.to_state.name,
-                "aggregate_size": self.config.bookkeeper.aggregate_size,
-            },
-        )
+        """Put the monitor's change on chain, so auditors see when aggregation ran."""
+        congested = transition.current is NetworkState.CONGESTED
+        busiest = max(transition.link_rates.values(), default=0.0)
+        try:
+            self.ledger.record_network_state(congested, transition.block_rate, busiest)
+        except ChainError as err:
+            # The switch itself must not wait for the chain; the log keeps it.
+            log.warning(
+                "network state not recorded on chain", extra={"error": str(err)}
+            )
 
     def run_loop(self) -> None:
         """The bookkeeper loop, on the calling thread, until :attr:`stop` is set."""

@@ -118,6 +118,12 @@ interface ILedger {
     /// @notice Emitted when the difficulty target changes.
     event TargetChanged(uint256 target);
 
+    /// @notice Emitted when the bookkeeper's network monitor changes state (claim 6):
+    /// from here on, blocks carry one record (normal) or aggregate n (congested).
+    /// @param blockRate Settlement blocks per 1,000 seconds the monitor measured.
+    /// @param linkRate Bytes per second on the busiest link the monitor measured.
+    event NetworkStateChanged(bool indexed congested, uint64 blockRate, uint64 linkRate);
+
     /// @notice Emitted when the minimum age of a goods category changes.
     event MinimumAgeChanged(uint16 indexed goodsCategory, uint8 age);
 
@@ -178,6 +184,12 @@ interface ILedger {
     function appendBlock(BlockHeader calldata header, bytes calldata leaves)
         external
         returns (bytes32 blockHash);
+
+    /// @notice Records a change of the network monitor's state, for auditors to see
+    /// when aggregation was active.
+    /// @dev Requires the bookkeeper role; emits `NetworkStateChanged`. Changes nothing
+    /// else: the Ledger accepts blocks of any size in either state.
+    function recordNetworkState(bool congested, uint64 blockRate, uint64 linkRate) external;
 
     /// @notice Moves `amounts[i]` of `merchants[i]`'s hold to its credit.
     /// @dev Requires the audit role; emits `HoldReleased` per merchant.

@@ -686,3 +686,19 @@ class TestDisputeView:
 
         assert record.leaf[-32:] == hashlib.sha256(record.signature).digest()
         assert record.leaf[:133] == encode_record(record.record)
+
+
+class TestNetworkState:
+    def test_bookkeeper_records_a_state_change_for_auditors(self, ledger, bookkeeper):
+        receipt = ledger.recordNetworkState(True, 5_200, 88_000, sender=bookkeeper)
+
+        event = receipt.events.filter(ledger.NetworkStateChanged)[0]
+        assert (event.congested, event.blockRate, event.linkRate) == (
+            True,
+            5_200,
+            88_000,
+        )
+
+    def test_others_cannot_record_a_state(self, ledger, outsider):
+        with ape.reverts(ledger.AccessControlUnauthorizedAccount):
+            ledger.recordNetworkState(True, 1, 1, sender=outsider)
