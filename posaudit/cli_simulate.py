@@ -110,11 +110,16 @@ class _Display:
         for name, task in self.tasks.items():
             self.progress.update(task, total=totals[name] or None, completed=done[name])
 
+        phase = _PHASES.get(status.phase, status.phase)
+        if status.phase not in ("day", "settling"):
+            self.line.plain = phase
+            return
+
         sizes = " ".join(str(size) for size in status.recent_blocks) or "-"
         state = status.state.upper() if status.state == "congested" else status.state
         self.line.plain = (
-            f"{_PHASES.get(status.phase, status.phase)} | {status.clock} | network "
-            f"{state} | {status.block_rate:.2f} blocks/s | busiest link "
+            f"{phase} | {status.clock} | network {state} | "
+            f"{status.block_rate:.2f} blocks/s | busiest link "
             f"{status.link_rate / 1000:,.0f} kB/s | last blocks: {sizes}"
         )
 

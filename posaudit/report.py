@@ -182,6 +182,8 @@ def plot_blocks(result: SimulationResult) -> str:
     _shade(axes, result)
     _clock_axis(axes, result)
     axes.set_yscale("log", base=2)
+    sizes = [2**power for power in range(result.scenario.aggregate_size.bit_length())]
+    axes.set_yticks(sizes, [str(size) for size in sizes])
     axes.set_ylabel("records per block")
     axes.set_title("Settlement blocks: one record each when normal, n when congested")
     axes.legend(loc="upper right")

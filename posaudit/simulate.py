@@ -20,57 +20,40 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing
-import os
 import shutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from web3 import HTTPProvider, Web3
-from web3.contract import Contract
-from web3.eth import Eth
-from web3.exceptions import ContractCustomError, Web3Exception
-from web3.main import get_default_modules
-from web3.types import RPCEndpoint
+from web3 import Web3
 
 from posaudit.audit import SettlementStatus
-from posaudit.auditor import Auditor, AuditState, RecordRow
-from posaudit.chain.deploy import (
-    Deployment,
-    contract_at,
-    decode_error,
-    deploy,
-    open_chain,
-)
+from posaudit.auditor import Auditor, AuditState
+from posaudit.chain.deploy import Deployment, contract_at, deploy, open_chain
 from posaudit.config import Config, load_config
-from posaudit.exceptions import PosauditError
+from posaudit.day_setup import day_start, open_day, reading_web3
 from posaudit.gateway import serve_in_background
-from posaudit.ledger import terminal_bytes
 from posaudit.monitor_policy import Transition
-from posaudit.receipts import build_receipt
+from posaudit.receipt_writer import ReceiptWriter
 from posaudit.records import Domain
-from posaudit.rules import StatusCode
 from posaudit.service import Service
-from posaudit.signing import generate_key, public_numbers
+from posaudit.signing import generate_key
 from posaudit.simulation import (
     INTENDED,
-    MINIMUM_AGES,
-    Expectation,
-    PlannedRecord,
     Scenario,
+    SimulationError,
     Workload,
     generate_day,
 )
 from posaudit.store import Store
 from posaudit.terminal_fleet import FleetProcess, Send, TerminalPlan, key_pem
+from posaudit.verdict import Difference, Outcome, compare, outcomes_from_chain
 
 log = logging.getLogger(__name__)
 
@@ -78,174 +61,8 @@ log = logging.getLogger(__name__)
 DAY_TARGET = 2**252
 SAMPLE_INTERVAL = 0.5
 FLEET_STARTUP = 3.0
-SETUP_GAS_MARGIN = 1.5
-SETUP_BATCH = 100
-# Room around the day for set-up, draining and the verdict, so that the day stays
-# inside one UTC date, which daily limits and ages are counted in.
-DAY_MARGIN = 1_800
 
 _CAPTURED = ("posaudit.service", "posaudit.bookkeeper", "posaudit.monitor")
-
-
-class SimulationError(PosauditError):
-    """The simulation could not run to its verdict."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one submission.
-
-    Attributes:
-        http_status: The gateway's answer (201 stored, 200 a repeat, 4xx refused),
-            None when it never answered.
-        gateway_code: The gateway's error code, if it refused.
-        attempts: Requests sent for it, retries included.
-        sent_at: Seconds after the start of the day when it was sent.
-        code: The Ledger's status code for the record, when it is on chain.
-        settlement: The audit's status for the record, when it is on chain.
-        block_height: Height of its settlement block.
-    """
-
-    http_status: int | None
-    gateway_code: str | None = None
-    attempts: int = 1
-    sent_at: float = 0.0
-    code: StatusCode | None = None
-    settlement: SettlementStatus | None = None
-    block_height: int | None = None
-
-    def describe(self) -> str:
-        """The outcome in a few words, comparable with ``Expectation.describe``."""
-        if self.http_status is None:
-            return f"no answer ({self.gateway_code})"
-
-        if self.code is not None:
-            return self.code.name
-
-        if self.gateway_code is not None:
-            return f"{self.http_status} {self.gateway_code}"
-
-        if self.http_status == 201:
-            return "201 stored, not on chain"
-
-        return f"{self.http_status} repeat"
-
-
-@dataclass(frozen=True)
-class Difference:
-    """A disagreement between the ground truth and the run.
-
-    Attributes:
-        subject: What differs: a record (``TERMINAL #SEQ``), a payer or a merchant.
-        kind: The record's kind, or ``balance`` / ``credit`` / ``chain``.
-        expected: What the ground truth says.
-        actual: What the run shows.
-        index: Position of the submission in the day, None for money and chain.
-    """
-
-    subject: str
-    kind: str
-    expected: str
-    actual: str
-    index: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready values."""
-        return dataclasses.asdict(self)
-
-
-def expected_settlement(expected: Expectation) -> SettlementStatus | None:
-    """The audit's final status a submission's record should reach."""
-    if expected.code is None:
-        return None
-
-    if expected.code is StatusCode.APPROVED:
-        return SettlementStatus.SETTLED
-
-    return SettlementStatus.REJECTED_BY_RULES
-
-
-def compare(
-    records: Sequence[PlannedRecord],
-    outcomes: Sequence[Outcome],
-    chain_rows: Sequence[RecordRow] = (),
-) -> list[Difference]:
-    """Every submission's outcome against its ground truth, and the chain's rows
-    against the records that should be on it.
-
-    A stored record must be on chain once, with the expected status code and its
-    final settlement; a refusal must carry the expected status and error code; a
-    repeat must be answered as one. A 200 answer to a request that was retried
-    counts as stored: the first attempt stored it and the answer was lost.
-
-    Args:
-        records: The planned submissions, in day order.
-        outcomes: What happened to each, in the same order.
-        chain_rows: Every record outcome the chain holds; rows of records the day
-            did not store, and second rows of one record, are differences.
-
-    Returns:
-        The differences, in day order, then the chain's.
-    """
-    differences = []
-    for planned, outcome in zip(records, outcomes, strict=True):
-        expected = planned.expected
-        status = outcome.http_status
-        if status == 200 and outcome.attempts > 1 and expected.http_status == 201:
-            status = 201
-
-        agrees = (
-            status == expected.http_status
-            and outcome.gateway_code == expected.gateway_code
-            and outcome.code == expected.code
-            and outcome.settlement == expected_settlement(expected)
-        )
-        if agrees:
-            continue
-
-        actual = outcome.describe()
-        if outcome.settlement is not None and outcome.code is not None:
-            actual += f", {outcome.settlement.name}"
-
-        wanted = expected.describe()
-        settlement = expected_settlement(expected)
-        if settlement is not None:
-            wanted += f", {settlement.name}"
-
-        record = planned.record
-        differences.append(
-            Difference(
-                f"{record.terminal_id} #{record.sequence}",
-                str(planned.kind),
-                wanted,
-                actual,
-                planned.index,
-            )
-        )
-
-    stored = {
-        (planned.record.terminal_id, planned.record.sequence)
-        for planned in records
-        if planned.expected.reaches_chain
-    }
-    seen: Counter[tuple[str, int]] = Counter()
-    for row in chain_rows:
-        if row.code is StatusCode.PROOF_MISMATCH:
-            continue
-
-        key = (row.terminal_id, row.sequence)
-        seen[key] += 1
-        if key not in stored or seen[key] > 1:
-            differences.append(
-                Difference(
-                    f"{row.terminal_id} #{row.sequence}",
-                    "chain",
-                    "no such record on chain" if key not in stored else "one outcome",
-                    f"{row.code.name} in block 0x{row.block_hash.hex()[:12]}",
-                )
-            )
-
-    return differences
 
 
 @dataclass(frozen=True)
@@ -619,261 +436,6 @@ def service_config(scenario: Scenario, out: Path, rpc_url: str) -> Config:
     )
 
 
-def _chain_time(w3: Web3) -> int:
-    return int(w3.eth.get_block("latest")["timestamp"])
-
-
-def _day_start(w3: Web3, scenario: Scenario) -> int:
-    """Chain time to start the day at; a devnet close to UTC midnight is moved past
-    it first, so that the whole run falls on one date.
-
-    Raises:
-        SimulationError: The node would cross midnight and cannot move its clock.
-    """
-    now = _chain_time(w3)
-    if now % 86_400 + scenario.duration + DAY_MARGIN < 86_400:
-        return now
-
-    skip = 86_400 - now % 86_400 + 60
-    try:
-        w3.provider.make_request("evm_increaseTime", [skip])  # type: ignore[arg-type]
-        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-    except (Web3Exception, OSError) as err:
-        raise SimulationError(
-            f"The day would cross UTC midnight at chain time {now}, and the node "
-            f"cannot move its clock: {err}. Run again after midnight UTC."
-        ) from err
-
-    return _chain_time(w3)
-
-
-class _ReusedContracts(Eth):
-    """The ``eth`` module, handing out one contract object per address and ABI.
-
-    Building a web3 contract object parses its whole ABI, which costs more than
-    the calls a receipt makes; settled history needs each contract once.
-    """
-
-    _contracts: dict[tuple[Any, int], Any] | None = None
-
-    def contract(self, address: Any = None, **kwargs: Any) -> Any:
-        """A contract object, reused when the address and ABI were seen before."""
-        if address is None or set(kwargs) != {"abi"}:
-            return super().contract(address, **kwargs)
-
-        if self._contracts is None:
-            self._contracts = {}
-
-        key = (address, id(kwargs["abi"]))
-        if key not in self._contracts:
-            self._contracts[key] = super().contract(address, **kwargs)
-
-        return self._contracts[key]
-
-
-def reading_web3(rpc_url: str, timeout: float = 30.0) -> Web3:
-    """A connection for reading settled history many times over.
-
-    It caches the chain id, mined transactions and blocks by number (none of which
-    change once mined), and reuses contract objects, which makes writing thousands
-    of receipts several times faster than a plain connection.
-
-    NOTE: Only for history that is final, as on a devnet after the day: a cached
-    transaction or block is never asked for again.
-    """
-    modules = get_default_modules()
-    modules["eth"] = _ReusedContracts
-    provider = HTTPProvider(
-        rpc_url,
-        request_kwargs={"timeout": timeout},
-        cache_allowed_requests=True,
-        request_cache_validation_threshold=None,
-    )
-    return Web3(provider, modules=modules)
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One contract call of the day's set-up."""
-
-    contract: Contract
-    name: str
-    args: tuple[Any, ...]
-
-
-def _send_all(w3: Web3, calls: Sequence[_Call], sender: str) -> None:
-    """Send the set-up calls without waiting for each, with numbered nonces, and
-    wait until every one is mined.
-
-    Gas is estimated once per function, after the calls before it are mined (the
-    estimate rests on their effects), and given to each call with a margin.
-
-    Raises:
-        SimulationError: The node refused a call, or a call reverted.
-    """
-    priority = int(w3.eth.max_priority_fee)
-    base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas", 0))
-    fees = {
-        "maxPriorityFeePerGas": hex(priority),
-        "maxFeePerGas": hex(priority + 2 * base_fee),
-    }
-    nonce = int(w3.eth.get_transaction_count(Web3.to_checksum_address(sender)))
-    gas: dict[str, int] = {}
-    batch: list[tuple[_Call, dict[str, str]]] = []
-    sent: list[tuple[_Call, str]] = []
-    for call in calls:
-        if call.name not in gas:
-            sent += _post(w3, batch)
-            batch = []
-            _wait_mined(w3, sent)
-            sent = []
-            gas[call.name] = _estimate(call, sender)
-
-        data = call.contract.encode_abi(call.name, args=list(call.args))
-        transaction = {
-            "from": sender,
-            "to": call.contract.address,
-            "data": data,
-            "gas": hex(gas[call.name]),
-            "nonce": hex(nonce),
-            **fees,
-        }
-        batch.append((call, transaction))
-        nonce += 1
-        if len(batch) == SETUP_BATCH:
-            sent += _post(w3, batch)
-            batch = []
-
-    sent += _post(w3, batch)
-    _wait_mined(w3, sent)
-
-
-def _estimate(call: _Call, sender: str) -> int:
-    function = call.contract.functions[call.name](*call.args)
-    try:
-        estimate = function.estimate_gas({"from": sender})
-    except ContractCustomError as err:
-        reason = decode_error(call.contract.abi, err.data)
-        raise SimulationError(
-            f"Setting up the day failed: {call.name} would revert with {reason}."
-        ) from err
-
-    return int(estimate * SETUP_GAS_MARGIN)
-
-
-def _batch(w3: Web3, method: str, params: Sequence[Any]) -> list[Any]:
-    """One JSON-RPC batch; returns each request's result, or raises its error."""
-    requests = [(RPCEndpoint(method), [item]) for item in params]
-    responses = w3.provider.make_batch_request(requests)  # type: ignore[attr-defined]
-    if not isinstance(responses, list):
-        raise SimulationError(
-            f"The node refused a batch of {method}: {responses.get('error')}."
-        )
-
-    for response in responses:
-        if "error" in response:
-            raise SimulationError(
-                f"Setting up the day failed: {method} was refused: {response['error']}."
-            )
-
-    return [response.get("result") for response in responses]
-
-
-def _post(
-    w3: Web3, batch: Sequence[tuple[_Call, dict[str, str]]]
-) -> list[tuple[_Call, str]]:
-    # One request per transaction, in nonce order: anvil loses transactions when
-    # a JSON-RPC batch of them arrives at once.
-    sent = []
-    for call, transaction in batch:
-        response = w3.provider.make_request(
-            RPCEndpoint("eth_sendTransaction"), [transaction]
-        )
-        if "error" in response:
-            raise SimulationError(
-                f"Setting up the day failed: {call.name} was refused: "
-                f"{response['error']}."
-            )
-
-        sent.append((call, str(response["result"])))
-
-    return sent
-
-
-def _wait_mined(
-    w3: Web3, sent: Sequence[tuple[_Call, str]], timeout: float = 120.0
-) -> None:
-    deadline = time.time() + timeout
-    waiting = list(sent)
-    while waiting:
-        still = []
-        for start in range(0, len(waiting), SETUP_BATCH):
-            part = waiting[start : start + SETUP_BATCH]
-            receipts = _batch(w3, "eth_getTransactionReceipt", [h for _, h in part])
-            for (call, transaction_hash), receipt in zip(part, receipts, strict=True):
-                if receipt is None:
-                    still.append((call, transaction_hash))
-                elif int(receipt["status"], 16) != 1:
-                    raise SimulationError(
-                        f"Setting up the day failed: {call.name} in transaction "
-                        f"{transaction_hash} reverted."
-                    )
-
-        waiting = still
-        if waiting and time.time() > deadline:
-            raise SimulationError(
-                f"{len(waiting)} set-up transactions were not mined in {timeout} s."
-            )
-
-        if waiting:
-            time.sleep(0.05)
-
-
-def _open_day(w3: Web3, deployment: Deployment, operator: str, day: Workload) -> None:
-    """Register the terminals and open the payers' accounts, as planned."""
-    registry = contract_at(w3, "TerminalRegistry", deployment.registry)
-    ledger = contract_at(w3, "Ledger", deployment.ledger)
-    calls = []
-    for terminal in [*day.terminals, day.inactive_terminal]:
-        numbers = public_numbers(terminal.key.public_key())
-        merchant = Web3.to_checksum_address(terminal.merchant.address)
-        calls.append(
-            _Call(
-                registry,
-                "registerTerminal",
-                (
-                    terminal_bytes(terminal.terminal_id),
-                    merchant,
-                    numbers.modulus,
-                    numbers.exponent,
-                ),
-            )
-        )
-
-    retired = terminal_bytes(day.inactive_terminal.terminal_id)
-    calls.append(_Call(registry, "deactivateTerminal", (retired,)))
-    for category, age in MINIMUM_AGES.items():
-        calls.append(_Call(ledger, "setMinimumAge", (category, age)))
-
-    for payer in day.payers:
-        address = Web3.to_checksum_address(payer.address)
-        limit = payer.daily_limit
-        calls.append(
-            _Call(ledger, "openAccount", (address, limit, payer.birth_date, payer.kyc))
-        )
-        calls.append(_Call(ledger, "deposit", (address, payer.balance)))
-        if payer.frozen:
-            calls.append(
-                _Call(ledger, "updateAccount", (address, limit, payer.kyc, True))
-            )
-
-    _send_all(w3, calls, operator)
-    log.info(
-        "day set up",
-        extra={"terminals": len(day.terminals), "payers": len(day.payers)},
-    )
-
-
 class _DayService(Service):
     """The service of the day.
 
@@ -1088,46 +650,6 @@ class _Day:
         ]
 
 
-def _outcomes_from_chain(
-    day: Workload,
-    outcomes: Sequence[Outcome | None],
-    rows: Sequence[RecordRow],
-    heights: dict[bytes, int],
-) -> list[Outcome]:
-    by_key: dict[tuple[str, int], RecordRow] = {}
-    for row in rows:
-        key = (row.terminal_id, row.sequence)
-        if key not in by_key or row.code is StatusCode.PROOF_MISMATCH:
-            by_key[key] = row
-
-    result = []
-    for planned, outcome in zip(day.records, outcomes, strict=True):
-        if outcome is None:
-            result.append(Outcome(None, "NOT_SENT"))
-            continue
-
-        stored = outcome.http_status == 201 or (
-            outcome.http_status == 200
-            and outcome.attempts > 1
-            and planned.expected.http_status == 201
-        )
-        row = by_key.get((planned.record.terminal_id, planned.record.sequence))
-        if not stored or row is None:
-            result.append(outcome)
-            continue
-
-        result.append(
-            dataclasses.replace(
-                outcome,
-                code=row.code,
-                settlement=row.status,
-                block_height=heights.get(row.block_hash),
-            )
-        )
-
-    return result
-
-
 def _money_differences(
     w3: Web3, deployment: Deployment, day: Workload
 ) -> list[Difference]:
@@ -1216,121 +738,6 @@ def _latencies(
     return latencies
 
 
-_worker: dict[str, Any] = {}
-
-RECEIPT_NICENESS = 10
-
-
-def _start_receipt_worker(
-    rpc_url: str, deployment: Deployment, store_path: Path, folder: Path
-) -> None:
-    # Receipts are written while the day runs: they take only what the service
-    # leaves of the processor.
-    os.nice(RECEIPT_NICENESS)
-    _worker.update(
-        w3=reading_web3(rpc_url),
-        store=Store(store_path),
-        deployment=deployment,
-        folder=folder,
-    )
-
-
-def _write_receipt_chunk(record_ids: Sequence[bytes]) -> int:
-    for record_id in record_ids:
-        receipt = build_receipt(
-            _worker["store"], record_id, _worker["w3"], _worker["deployment"]
-        )
-        path = _worker["folder"] / f"{record_id.hex()}.json"
-        path.write_text(receipt.to_json() + "\n")
-
-    return len(record_ids)
-
-
-class ReceiptWriter:
-    """Writes every settled record's receipt to ``folder/<record id>.json``, as a
-    merchant would receive it, while the day goes on.
-
-    Building a receipt is mostly Python work in web3.py, so worker processes share
-    it, each with its own store and node connection, at a lower priority than the
-    service.
-
-    NOTE: The workers are spawned, so a script that runs a simulation must guard
-    its top level with ``if __name__ == "__main__":``.
-
-    Args:
-        rpc_url: The node.
-        deployment: The contracts.
-        store_path: The store the bookkeeper writes.
-        folder: Where the receipts go.
-        workers: Worker processes.
-        chunk: Records per task.
-    """
-
-    def __init__(
-        self,
-        rpc_url: str,
-        deployment: Deployment,
-        store_path: Path,
-        folder: Path,
-        workers: int = 2,
-        chunk: int = 64,
-    ) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.chunk = chunk
-        self.queued = 0
-        self._pool = ProcessPoolExecutor(
-            max_workers=max(1, workers),
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_receipt_worker,
-            initargs=(rpc_url, deployment, store_path, folder),
-        )
-        self._futures: list[Future[int]] = []
-        self._blocks: set[bytes] = set()
-
-    def add_settled(self, store: Store) -> None:
-        """Queue the records of every block whose audit is done and not queued."""
-        for block in store.blocks():
-            if block.audit_transaction is None or block.block_hash in self._blocks:
-                continue
-
-            self._blocks.add(block.block_hash)
-            ids = [
-                stored.signed.record.record_id
-                for stored in store.block_records(block.block_hash)
-            ]
-            for start in range(0, len(ids), self.chunk):
-                part = ids[start : start + self.chunk]
-                self._futures.append(self._pool.submit(_write_receipt_chunk, part))
-                self.queued += len(part)
-
-    @property
-    def written(self) -> int:
-        """Receipts written so far."""
-        return sum(
-            future.result()
-            for future in self._futures
-            if future.done() and future.exception() is None
-        )
-
-    def finish(self, progress: Callable[[int], None] = lambda _: None) -> int:
-        """Wait for every queued receipt; returns how many were written.
-
-        Raises:
-            PosauditError: A receipt could not be built (the message names the
-                record).
-        """
-        written = 0
-        for future in self._futures:
-            written += future.result()
-            progress(written)
-
-        return written
-
-    def close(self) -> None:
-        """Stop the workers; receipts not written by now are not written."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _lap(since: float) -> float:
     return round(time.time() - since, 2)
 
@@ -1381,11 +788,11 @@ def run_simulation(
         )
         deployment.save(paths.deployment)
         domain = Domain(deployment.chain_id, deployment.ledger)
-        day = generate_day(scenario, domain, _day_start(w3, scenario), make_key)
+        day = generate_day(scenario, domain, day_start(w3, scenario), make_key)
         phases["plan_and_sign"] = _lap(clock)
 
         clock = time.time()
-        _open_day(w3, deployment, operator, day)
+        open_day(w3, deployment, operator, day)
         phases["open_accounts"] = _lap(clock)
 
         receipts = ReceiptWriter(url, deployment, paths.store, paths.receipts)
@@ -1416,7 +823,7 @@ def run_simulation(
             complete = {
                 row.block_hash for row in block_rows if row.audit is AuditState.COMPLETE
             }
-            outcomes = _outcomes_from_chain(day, running.outcomes, rows, heights)
+            outcomes = outcomes_from_chain(day.records, running.outcomes, rows, heights)
             differences = compare(day.records, outcomes, rows)
             differences += _money_differences(reader, deployment, day)
             with Store(paths.store) as store:

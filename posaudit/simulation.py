@@ -36,6 +36,7 @@ from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from posaudit.exceptions import PosauditError
 from posaudit.records import Domain, SettlementRecord, SignedRecord, encode_record
 from posaudit.rules import LedgerModel, PayerAccount, StatusCode, TerminalEntry
 from posaudit.signing import generate_key, sign
@@ -70,6 +71,14 @@ _GAP_SHARE = 0.02
 _EXPIRY_HOURS = 6
 _PURCHASE_TRIES = 4
 _FOREIGN_SEQUENCE = 900_000_000
+
+
+class SimulationError(PosauditError):
+    """The simulation could not run to its verdict."""
+
+
+class ScenarioError(SimulationError, ValueError):
+    """A scenario cannot make a day: too small, too short, or inconsistent."""
 
 
 class RecordKind(StrEnum):
@@ -208,11 +217,24 @@ class Scenario:
         aggregate_size: n, records of an aggregate block.
         flush_timeout: Seconds the oldest waiting record waits for n records.
         enter_block_rate: Settlement blocks per second above which the monitor
-            counts the block rate as high.
+            counts the block rate as high: 1.5, three times the base load's peak
+            and below what one bookkeeper appends one record per block while the
+            surge keeps the gateway busy (measured 1.5 to 3 per second on two
+            cores, 5 when idle).
         leave_block_rate: Settlement blocks per second below which it counts it
-            as low again.
-        enter_link_rate: Bytes per second above which a link counts as busy.
-        leave_link_rate: Bytes per second below which a link counts as quiet.
+            as low again: 0.3, below the 1 / flush timeout that aggregation keeps
+            up while records arrive.
+        enter_link_rate: Bytes per second above which a link counts as busy:
+            55,000, about 1.5 one-record blocks per second (a one-record block
+            takes about 37 kB on the bookkeeper's link).
+        leave_link_rate: Bytes per second below which a link counts as quiet:
+            30,000, above what aggregate blocks carry at the base load (about
+            20 kB/s) and far below what they carry through the surge (150 to
+            300 kB/s), so that congestion ends when the backlog is settled.
+
+    Raises:
+        ScenarioError: Fewer than 50 records, a day under 5 s, or not
+            1 <= merchants <= terminals <= 99.
     """
 
     seed: int = 20_240_601
@@ -235,16 +257,16 @@ class Scenario:
 
     def __post_init__(self) -> None:
         if self.records < 50:
-            raise ValueError(
+            raise ScenarioError(
                 f"A day needs at least 50 records to hold every kind; got "
                 f"{self.records}."
             )
 
         if self.duration < 5:
-            raise ValueError(f"A day lasts at least 5 s; got {self.duration}.")
+            raise ScenarioError(f"A day lasts at least 5 s; got {self.duration}.")
 
         if not 1 <= self.merchants <= self.terminals <= 99:
-            raise ValueError(
+            raise ScenarioError(
                 f"Need 1 <= merchants <= terminals <= 99; got {self.merchants} "
                 f"merchants and {self.terminals} terminals."
             )
@@ -670,7 +692,7 @@ class _Planner:
             self.drafts.append(draft)
 
         if carried:
-            raise ValueError(
+            raise ScenarioError(
                 f"The day of {scenario.records} records left kinds unplanned: "
                 f"{[str(kind) for kind in carried]}; plan more records."
             )
@@ -978,7 +1000,7 @@ def generate_day(
         The day, its submissions in time order with their right outcomes.
 
     Raises:
-        ValueError: The scenario is too small to hold every kind of record.
+        ScenarioError: The scenario is too small to hold every kind of record.
     """
     planner = _Planner(scenario, domain, start, make_key)
     planner.plan()

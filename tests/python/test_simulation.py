@@ -17,11 +17,8 @@ from posaudit.records import Domain
 from posaudit.report import write_report
 from posaudit.rules import StatusCode
 from posaudit.simulate import (
-    Outcome,
     SimulationResult,
     StateChange,
-    compare,
-    expected_settlement,
     run_simulation,
     state_durations,
 )
@@ -35,6 +32,7 @@ from posaudit.simulation import (
     Workload,
     generate_day,
 )
+from posaudit.verdict import Outcome, compare, expected_settlement
 
 DOMAIN = Domain(31337, "0x" + "11" * 20)
 START = 1_780_000_000  # 2026-05-28 20:26:40 UTC
