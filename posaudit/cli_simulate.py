@@ -181,7 +181,8 @@ def print_summary(console: Console, result: SimulationResult) -> None:
     figures.add_row(
         "network state",
         f"normal {network.get('normal', 0):.1f} s, congested "
-        f"{network.get('congested', 0):.1f} s ({summary['state_changes']} changes)",
+        f"{network.get('congested', 0):.1f} s ({summary['state_changes']} changes, "
+        f"{summary['state_changes_on_chain']} recorded on chain)",
     )
     figures.add_row(
         "gas (append + audit)",

@@ -417,8 +417,12 @@ def render_html(result: SimulationResult, document: dict[str, Any]) -> str:
         ),
         "<div class='grid'><div><h3>Network</h3>",
         _table(
-            ("state", "seconds"),
-            [(state, _number(seconds)) for state, seconds in network.items()],
+            ("network", "seconds or count"),
+            [(state, _number(seconds)) for state, seconds in network.items()]
+            + [
+                ("changes of state", _number(summary["state_changes"])),
+                ("recorded on chain", _number(summary["state_changes_on_chain"])),
+            ],
         ),
         "</div><div><h3>Settlement</h3>",
         _table(

@@ -39,7 +39,6 @@ from posaudit.chain.deploy import Deployment, contract_at, deploy, open_chain
 from posaudit.config import Config, load_config
 from posaudit.day_setup import day_start, open_day, reading_web3
 from posaudit.gateway import serve_in_background
-from posaudit.monitor_policy import Transition
 from posaudit.receipt_writer import ReceiptWriter
 from posaudit.records import Domain
 from posaudit.service import Service
@@ -168,6 +167,7 @@ class SimulationResult:
     day_seconds: float
     phases: dict[str, float] = field(default_factory=dict)
     held: int = 0
+    changes_on_chain: int = 0
     out: Path = Path("out")
 
     @property
@@ -245,6 +245,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         },
         "network_seconds": state_durations(result.changes, result.day_seconds),
         "state_changes": len(result.changes),
+        "state_changes_on_chain": result.changes_on_chain,
         "gas": {
             "total": total_gas,
             "records_on_chain": on_chain,
@@ -436,26 +437,6 @@ def service_config(scenario: Scenario, out: Path, rpc_url: str) -> Config:
     )
 
 
-class _DayService(Service):
-    """The service of the day.
-
-    NOTE: ``Service._report_transition`` at commit 39aae2a reads
-    ``transition.to_state``, a field :class:`~posaudit.monitor_policy.Transition`
-    does not have (it is ``current``), so the first change of network state would
-    stop the bookkeeper loop. Until service.py reports changes without failing, the
-    day's service logs such a failure and goes on.
-    """
-
-    def _report_transition(self, transition: Transition) -> None:
-        try:
-            super()._report_transition(transition)
-        except AttributeError as err:
-            log.info(
-                "aggregation switched; the service could not report it",
-                extra={"to_state": str(transition.current), "error": str(err)},
-            )
-
-
 class _Day:
     """The running day: the service, the terminals and what the run watches."""
 
@@ -488,7 +469,7 @@ class _Day:
             SimulationError: Records were still unsettled at the deadline.
         """
         config = service_config(self.scenario, self.paths.out, self.rpc_url)
-        service = _DayService(config, self.rpc_url)
+        service = Service(config, self.rpc_url)
         loop = threading.Thread(
             target=service.run_loop, name="posaudit-bookkeeper", daemon=True
         )
@@ -689,6 +670,12 @@ def _held(w3: Web3, deployment: Deployment, day: Workload) -> int:
     )
 
 
+def _changes_on_chain(w3: Web3, deployment: Deployment) -> int:
+    """The monitor's changes of state the service put on chain."""
+    ledger = contract_at(w3, "Ledger", deployment.ledger)
+    return len(ledger.events.NetworkStateChanged().get_logs(from_block=0))
+
+
 def _blocks(
     w3: Web3, store: Store, events: _Events, started: float, complete: set[bytes]
 ) -> list[BlockFacts]:
@@ -834,6 +821,7 @@ def run_simulation(
                 receipts.add_settled(store)
 
             held = _held(reader, deployment, day)
+            changes_on_chain = _changes_on_chain(reader, deployment)
             phases["verdict"] = _lap(clock)
 
             clock = time.time()
@@ -867,5 +855,6 @@ def run_simulation(
         day_seconds=round(running.ended - running.started, 2),
         phases=phases,
         held=held,
+        changes_on_chain=changes_on_chain,
         out=out,
     )

@@ -237,6 +237,7 @@ def test_short_day_aggregates_during_the_surge(short_day):
 
     assert modes == {"normal", "aggregate"}
     assert [change.state for change in result.changes][:1] == ["congested"]
+    assert result.changes_on_chain == len(result.changes)
 
 
 def test_short_day_verdict_catches_a_broken_expectation(short_day):
