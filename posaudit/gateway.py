@@ -1030,7 +1030,7 @@ def serve_in_background(
     Raises:
         GatewayUnavailableError: The server did not start in time.
     """
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
     bound = int(listener.getsockname()[1])

@@ -135,8 +135,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
 """Every code the gateway answers with; the codes never change meaning."""
 
 _MAX_INTEGER_DIGITS = 30
-_HEX = re.compile(r"^[0-9a-fA-F]*$")
-_PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]*$")
+# \Z, not $: $ also matches before a final newline, which bytes.fromhex refuses.
+_HEX = re.compile(r"^[0-9a-fA-F]*\Z")
+_PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]*\Z")
 
 
 def rejected(code: str, message: str, field: str | None = None) -> UploadRejectedError:
