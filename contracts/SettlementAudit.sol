@@ -145,11 +145,12 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
             revert AuditMalformedRecord(record.length, SettlementRecords.RECORD_LENGTH);
         }
         bytes8 terminalId = record.decode().terminalId;
-        (address merchant,) = registry.terminalStatus(terminalId);
-        if (merchant == address(0)) revert AuditUnknownTerminal(terminalId);
-        (bytes memory modulus, bytes memory exponent) = registry.publicKeyOf(terminalId);
-
-        return RSA.pkcs1Sha256(record.digest(), signature, exponent, modulus);
+        // The registry reverts for a terminal it never registered; name it here.
+        try registry.publicKeyOf(terminalId) returns (bytes memory n, bytes memory e) {
+            return RSA.pkcs1Sha256(record.digest(), signature, e, n);
+        } catch {
+            revert AuditUnknownTerminal(terminalId);
+        }
     }
 
     /// @inheritdoc ISettlementAudit
