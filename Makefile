@@ -57,9 +57,9 @@ $(BUILD_STAMP): $(VENV_STAMP) $(NODE_STAMP) $(SOLC_SHIM) ape-config.yaml $(shell
 
 compile: $(BUILD_STAMP)
 
-# A simulated business day on a devnet it starts and stops (about two and a half
-# minutes); prints the verdict and leaves out/report.html. `posaudit demo --small` is
-# the 37-record tour.
+# A simulated business day on a devnet it starts and stops (about two minutes);
+# prints the verdict and leaves out/report.html. `posaudit demo --small` is the
+# 37-record tour.
 demo: compile
 	$(BIN)/posaudit demo
 

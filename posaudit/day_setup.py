@@ -29,13 +29,15 @@ from posaudit.simulation import MINIMUM_AGES, Scenario, SimulationError, Workloa
 log = logging.getLogger(__name__)
 
 SETUP_GAS_MARGIN = 1.5
-RECEIPT_BATCH = 100
+# Transaction receipts asked for in one JSON-RPC batch (reads batch safely).
+RECEIPTS_PER_BATCH = 100
 # Room around the day for set-up, draining and the verdict, so that the day stays
 # inside one UTC date, which daily limits and ages are counted in.
 DAY_MARGIN = 1_800
 
 
 def chain_time(w3: Web3) -> int:
+    """The time of the node's latest block, Unix seconds."""
     return int(w3.eth.get_block("latest")["timestamp"])
 
 
@@ -122,7 +124,9 @@ def _send_all(w3: Web3, calls: Sequence[_Call], sender: str) -> None:
     wait until every one is mined.
 
     Gas is estimated once per function, after the calls before it are mined (the
-    estimate rests on their effects), and given to each call with a margin.
+    estimate rests on their effects), and given to each call with a margin. Each
+    transaction is one request, in nonce order: anvil loses transactions when a
+    JSON-RPC batch of them arrives at once.
 
     Raises:
         SimulationError: The node refused a call, or a call reverted.
@@ -135,32 +139,33 @@ def _send_all(w3: Web3, calls: Sequence[_Call], sender: str) -> None:
     }
     nonce = int(w3.eth.get_transaction_count(Web3.to_checksum_address(sender)))
     gas: dict[str, int] = {}
-    batch: list[tuple[_Call, dict[str, str]]] = []
     sent: list[tuple[_Call, str]] = []
     for call in calls:
         if call.name not in gas:
-            sent += _post(w3, batch)
-            batch = []
             _wait_mined(w3, sent)
             sent = []
             gas[call.name] = _estimate(call, sender)
 
-        data = call.contract.encode_abi(call.name, args=list(call.args))
         transaction = {
             "from": sender,
             "to": call.contract.address,
-            "data": data,
+            "data": call.contract.encode_abi(call.name, args=list(call.args)),
             "gas": hex(gas[call.name]),
             "nonce": hex(nonce),
             **fees,
         }
-        batch.append((call, transaction))
-        nonce += 1
-        if len(batch) == RECEIPT_BATCH:
-            sent += _post(w3, batch)
-            batch = []
+        response = w3.provider.make_request(
+            RPCEndpoint("eth_sendTransaction"), [transaction]
+        )
+        if "error" in response:
+            raise SimulationError(
+                f"Setting up the day failed: {call.name} was refused: "
+                f"{response['error']}."
+            )
 
-    sent += _post(w3, batch)
+        sent.append((call, str(response["result"])))
+        nonce += 1
+
     _wait_mined(w3, sent)
 
 
@@ -178,7 +183,14 @@ def _estimate(call: _Call, sender: str) -> int:
 
 
 def _batch(w3: Web3, method: str, params: Sequence[Any]) -> list[Any]:
-    """One JSON-RPC batch; returns each request's result, or raises its error."""
+    """One JSON-RPC batch of ``method``, one request per item of ``params``.
+
+    Returns:
+        Each request's result, in order.
+
+    Raises:
+        SimulationError: The node refused the batch or one of its requests.
+    """
     requests = [(RPCEndpoint(method), [item]) for item in params]
     responses = w3.provider.make_batch_request(requests)  # type: ignore[attr-defined]
     if not isinstance(responses, list):
@@ -195,27 +207,6 @@ def _batch(w3: Web3, method: str, params: Sequence[Any]) -> list[Any]:
     return [response.get("result") for response in responses]
 
 
-def _post(
-    w3: Web3, batch: Sequence[tuple[_Call, dict[str, str]]]
-) -> list[tuple[_Call, str]]:
-    # One request per transaction, in nonce order: anvil loses transactions when
-    # a JSON-RPC batch of them arrives at once.
-    sent = []
-    for call, transaction in batch:
-        response = w3.provider.make_request(
-            RPCEndpoint("eth_sendTransaction"), [transaction]
-        )
-        if "error" in response:
-            raise SimulationError(
-                f"Setting up the day failed: {call.name} was refused: "
-                f"{response['error']}."
-            )
-
-        sent.append((call, str(response["result"])))
-
-    return sent
-
-
 def _wait_mined(
     w3: Web3, sent: Sequence[tuple[_Call, str]], timeout: float = 120.0
 ) -> None:
@@ -223,8 +214,8 @@ def _wait_mined(
     waiting = list(sent)
     while waiting:
         still = []
-        for start in range(0, len(waiting), RECEIPT_BATCH):
-            part = waiting[start : start + RECEIPT_BATCH]
+        for start in range(0, len(waiting), RECEIPTS_PER_BATCH):
+            part = waiting[start : start + RECEIPTS_PER_BATCH]
             receipts = _batch(w3, "eth_getTransactionReceipt", [h for _, h in part])
             for (call, transaction_hash), receipt in zip(part, receipts, strict=True):
                 if receipt is None:
