@@ -305,10 +305,15 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
 
 
 class _Events(logging.Handler):
-    """Collects the service's own log events: blocks settled, state changes."""
+    """Collects the service's own log events: blocks settled, state changes.
+
+    Records at or above ``forward_level`` go on to the root logger's handlers, as
+    they would without the capture.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
+        self.forward_level = logging.WARNING
         self._guard = threading.Lock()
         self.audited: dict[str, float] = {}
         self.modes: dict[str, str] = {}
@@ -317,6 +322,9 @@ class _Events(logging.Handler):
         self._last_audited: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= self.forward_level:
+            logging.getLogger().handle(record)
+
         message = record.getMessage()
         with self._guard:
             if message == "block audited":
@@ -345,14 +353,14 @@ class _Events(logging.Handler):
 @contextmanager
 def _capturing(events: _Events) -> Iterator[None]:
     """Route the service's info events to ``events``; they reach the console only
-    when the root logger shows info."""
-    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    at the level the root logger shows."""
+    events.forward_level = logging.getLogger().getEffectiveLevel()
     saved = []
     for name in _CAPTURED:
         logger = logging.getLogger(name)
         saved.append((logger, logger.level, logger.propagate))
         logger.setLevel(logging.INFO)
-        logger.propagate = verbose
+        logger.propagate = False
         logger.addHandler(events)
 
     try:

@@ -85,7 +85,6 @@ class RecordKind(StrEnum):
     """What a planned submission is meant to be."""
 
     PURCHASE = "purchase"
-    RESTRICTED_PURCHASE = "restricted purchase"
     INSUFFICIENT_BALANCE = "insufficient balance"
     DAILY_LIMIT = "daily limit"
     EXPIRED = "expired"
@@ -105,7 +104,7 @@ class RecordKind(StrEnum):
     WRONG_DOMAIN = "wrong domain"
 
 
-GOOD_KINDS = frozenset({RecordKind.PURCHASE, RecordKind.RESTRICTED_PURCHASE})
+GOOD_KINDS = frozenset({RecordKind.PURCHASE})
 BAD_KINDS = tuple(kind for kind in RecordKind if kind not in GOOD_KINDS)
 _INTRUDER_KINDS = frozenset(
     {
@@ -151,7 +150,6 @@ class Expectation:
 
 INTENDED = {
     RecordKind.PURCHASE: Expectation(201, code=StatusCode.APPROVED),
-    RecordKind.RESTRICTED_PURCHASE: Expectation(201, code=StatusCode.APPROVED),
     RecordKind.INSUFFICIENT_BALANCE: Expectation(
         201, code=StatusCode.INSUFFICIENT_BALANCE
     ),
@@ -805,9 +803,6 @@ class _Planner:
         if kind == RecordKind.PURCHASE:
             return self._purchase(state, now)
 
-        if kind == RecordKind.RESTRICTED_PURCHASE:
-            return self._purchase(state, now, restricted=True)
-
         payer = self.rng.choice(state.payers)
         amount = self._amount(trade)
         category = self.rng.choice(trade.categories)
@@ -867,15 +862,13 @@ class _Planner:
 
         return self._replay(state, now, payer, amount, category)
 
-    def _purchase(
-        self, state: _TerminalState, now: int, restricted: bool = False
-    ) -> SettlementRecord:
+    def _purchase(self, state: _TerminalState, now: int) -> SettlementRecord:
+        """An ordinary payment; some are of age-restricted goods, by adults."""
         trade = state.plan.merchant.trade
-        if not restricted and self.rng.random() < trade.restricted_share:
-            restricted = True
-
+        adults = [payer for payer in state.payers if self._adult(payer)]
+        restricted = self.rng.random() < trade.restricted_share and bool(adults)
         category = self.rng.choice(trade.restricted if restricted else trade.categories)
-        candidates = [p for p in state.payers if not restricted or self._adult(p)]
+        candidates = adults if restricted else state.payers
         payer, amount = candidates[0], self._amount(trade)
         for _ in range(_PURCHASE_TRIES):
             payer = self.rng.choice(candidates)
