@@ -136,10 +136,14 @@ def run_day(
     try:
         with display.live:
             result = run_simulation(scenario, out, display.update, rpc_url)
+            display.line.plain = "writing the report"
             json_path, html_path = write_report(result, out)
+            display.line.plain = "done"
     except PosauditError as err:
-        console.print(f"[red]The simulated day could not run:[/] {err}")
+        console.print(f"\n[red]The simulated day could not run:[/] {err}")
         return 2
+
+    console.print()
 
     print_summary(console, result)
     console.print(
@@ -153,8 +157,8 @@ def run_day(
 def print_summary(console: Console, result: SimulationResult) -> None:
     """The verdict and its figures, as tables."""
     summary = result.summary()
-    outcomes = Table(title="Records by outcome (expected / on chain or at the gateway)")
-    for column in ("outcome", "expected", "actual"):
+    outcomes = Table(title="Records by outcome")
+    for column in ("outcome", "expected", "on chain or gateway"):
         outcomes.add_column(column, justify="left" if column == "outcome" else "right")
 
     names = sorted(set(summary["expected_outcomes"]) | set(summary["actual_outcomes"]))
