@@ -73,7 +73,7 @@ lint: setup slither
 	$(BIN)/ruff check posaudit tests scripts forge
 	$(BIN)/ruff format --check posaudit tests scripts forge
 
-test-python: setup
+test-python: compile
 	$(BIN)/pytest -q -p no:ape_test tests/python
 
 test-contracts: compile
