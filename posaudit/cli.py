@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -17,6 +18,9 @@ from posaudit.cli_gateway import serve_command
 from posaudit.cli_receipts import receipt, verify
 from posaudit.cli_simulate import DEFAULT, run_day, simulate
 from posaudit.cli_terminal import terminal
+
+if TYPE_CHECKING:
+    from posaudit.demo import DemoResult
 
 console = Console()
 
@@ -123,16 +127,16 @@ def _records_table(result: object) -> Table:
     return table
 
 
-def _balances_table(result: object) -> Table:
+def _balances_table(result: DemoResult) -> Table:
     table = Table(title="Balances (minor units)")
     for column in ("account", "on chain", "rules model"):
         table.add_column(column)
 
-    for name, (chain, model) in result.balances.items():  # type: ignore[attr-defined]
+    for name, (chain, model) in result.balances.items():
         table.add_row(f"payer {name}", f"{chain:,}", f"{model:,}")
-    for merchant, (chain, model) in result.credits.items():  # type: ignore[attr-defined]
+    for merchant, (chain, model) in result.credits.items():
         table.add_row(f"settled to {merchant[:10]}…", f"{chain:,}", f"{model:,}")
-    table.add_row("still held", f"{result.held:,}", "0")  # type: ignore[attr-defined]
+    table.add_row("still held", f"{result.held:,}", "0")
     return table
 
 

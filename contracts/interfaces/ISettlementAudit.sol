@@ -114,8 +114,8 @@ interface ISettlementAudit {
     /// @dev Requires the auditor role, a proof that does not match (a malformed one
     /// counts) and an open, approved record. `holds` is the block's list as in
     /// {auditBlock}, checked against its digest, so the refund goes to the payer the
-    /// Ledger saw, whatever the mismatching leaf says. Emits `TransactionRejected` with `ProofMismatch`, and
-    /// `SettlementComplete` when it was the block's last open record.
+    /// Ledger saw, whatever the mismatching leaf says. Emits `TransactionRejected` with
+    /// `ProofMismatch`, and `SettlementComplete` when it was the block's last open record.
     function rejectRecord(
         bytes32 blockHash,
         uint256 index,

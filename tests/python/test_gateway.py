@@ -478,7 +478,7 @@ MALFORMED = [
     ),
     (
         "currency-unknown",
-        setting("record.currency", "XXX"),
+        setting("record.currency", "QQQ"),
         422,
         "OUT_OF_RANGE",
         "record.currency",

@@ -399,7 +399,7 @@ class TestDocument:
             ),
             (
                 "record.fields.currency",
-                lambda d: d["record"]["fields"].update(currency="XXX"),
+                lambda d: d["record"]["fields"].update(currency="QQQ"),
             ),
             (
                 "record.fields.payer",
