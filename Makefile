@@ -24,7 +24,7 @@ SOLC_SHIM := .solcx/solc-v$(SOLC_VERSION)
 BUILD_STAMP := .build/__local__.json
 
 .PHONY: setup compile demo test test-python test-contracts test-devnet forge-test \
-	mutants lint slither bench clean
+	mutants crash-test lint slither bench clean
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(SOLC_SHIM)
 
@@ -93,6 +93,11 @@ forge-test: $(NODE_STAMP) $(SOLC_SHIM)
 # of `make test`: about 2.5 min of CPU, 3.5 to 6.5 min measured on a busy 2-core machine.
 mutants: $(NODE_STAMP) $(SOLC_SHIM)
 	FORGE=$(FORGE_BIN)/forge SOLC=$(CURDIR)/$(SOLC_SHIM) $(PYTHON) forge/mutants.py
+
+# The long crash test: 10 trials of 10,000 records, the service SIGKILLed 5 times in
+# each while the records flow (make test runs one short trial).
+crash-test: compile
+	$(BIN)/python -m tests.python.crash_harness 10 10000 out/crash-test 5
 
 test: lint test-python test-contracts test-devnet forge-test
 

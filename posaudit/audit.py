@@ -10,17 +10,13 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import TransactionNotFound
-from web3.logs import DISCARD
 
 from posaudit.chain.deploy import Deployment, contract_at
-from posaudit.chain.sender import Sender
-from posaudit.exceptions import AuditError
+from posaudit.chain.sender import Receipt, Sender
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +59,29 @@ class AuditClient:
         self.ledger: Contract = contract_at(w3, "Ledger", deployment.ledger)
 
     def audit_block(
-        self, block_hash: bytes, leaf_hashes: Sequence[bytes], holds: bytes
-    ) -> Any:
+        self,
+        block_hash: bytes,
+        leaf_hashes: Sequence[bytes],
+        holds: bytes,
+        gas: int | None = None,
+    ) -> Receipt:
         """Settle every open record of a block at once; returns the receipt.
+
+        Args:
+            block_hash: The block.
+            leaf_hashes: Its audit tree's leaf hashes, in order.
+            holds: Its holds, as the Ledger committed them.
+            gas: The gas limit; estimated when omitted.
 
         Raises:
             ChainError: The contract refused (the message names its error).
         """
         call = self.audit.functions.auditBlock(block_hash, list(leaf_hashes), holds)
-        return self.sender.transact(call)
+        return self.sender.transact(call, gas=gas)
 
     def settle_record(
         self, block_hash: bytes, index: int, leaf: bytes, proof: Sequence[bytes]
-    ) -> Any:
+    ) -> Receipt:
         """Settle one record with its inclusion proof; returns the receipt."""
         call = self.audit.functions.settleRecord(block_hash, index, leaf, list(proof))
         return self.sender.transact(call)
@@ -87,7 +93,7 @@ class AuditClient:
         leaf: bytes,
         proof: Sequence[bytes],
         holds: bytes,
-    ) -> Any:
+    ) -> Receipt:
         """Reject a record whose proof does not match (auditor role); returns the
         receipt."""
         call = self.audit.functions.rejectRecord(
@@ -107,40 +113,3 @@ class AuditClient:
     def verify_signature(self, encoding: bytes, signature: bytes) -> bool:
         """The on-chain dispute check: did the record's terminal sign it?"""
         return bool(self.audit.functions.verifySignature(encoding, signature).call())
-
-    def holds_from_chain(self, append_transaction: bytes) -> bytes:
-        """Rebuild a block's holds from its ``TransactionApproved`` events.
-
-        They come from the chain alone, so a claim-8 rejection works even when the
-        bookkeeper's own copy of a record is what went wrong.
-
-        Raises:
-            AuditError: The transaction has no receipt.
-        """
-        try:
-            receipt = self.w3.eth.get_transaction_receipt(append_transaction)
-        except TransactionNotFound as err:
-            raise AuditError(
-                f"No receipt for the append transaction 0x{append_transaction.hex()}:"
-                f" {err}."
-            ) from err
-
-        events = self.ledger.events.TransactionApproved().process_receipt(
-            receipt, errors=DISCARD
-        )
-        approved = sorted((event["args"] for event in events), key=_by_index)
-        return b"".join(_hold_of(args) for args in approved)
-
-
-def _by_index(args: Any) -> int:
-    return int(args["index"])
-
-
-def _hold_of(args: Any) -> bytes:
-    return (
-        bytes(args["terminalId"])
-        + int(args["sequence"]).to_bytes(8, "big")
-        + int(args["amount"]).to_bytes(8, "big")
-        + bytes.fromhex(args["merchant"][2:])
-        + bytes.fromhex(args["payer"][2:])
-    )

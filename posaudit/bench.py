@@ -133,8 +133,7 @@ def _audit_block_gas(
 ) -> int:
     leaf_hashes = [leaf_hash(signed.leaf) for signed in records]
     holds = b"".join(encode_hold(signed.record) for signed in records)
-    receipt = audit.audit_block(appended.block_hash, leaf_hashes, holds)
-    return int(receipt["gasUsed"])
+    return audit.audit_block(appended.block_hash, leaf_hashes, holds).gas_used
 
 
 def _audit_single_gas(
@@ -148,7 +147,7 @@ def _audit_single_gas(
         receipt = audit.settle_record(
             appended.block_hash, index, signed.leaf, proofs[index]
         )
-        gas += int(receipt["gasUsed"])
+        gas += receipt.gas_used
     return gas
 
 

@@ -11,6 +11,12 @@ as a submission, and the transaction hash right after sending. :meth:`Bookkeeper
 reconcile`, run at every start, asks the chain what became of each submission, returns
 to the outbox the records of blocks the node no longer has, and audits what is left
 unaudited, so that no acknowledged record is lost and none is settled twice.
+
+Gas: a block is sized by the gas it needs, measured by the chain, not assumed. Its
+transaction gets a bound from its record count, never more than half the chain's block
+gas limit, instead of an estimate (which costs the node several executions of the
+block). A block that needs more runs out of gas, changes nothing, and goes again with
+half the records.
 """
 
 from __future__ import annotations
@@ -23,13 +29,27 @@ from web3.exceptions import TimeExhausted, TransactionNotFound
 
 from posaudit.audit import AuditClient
 from posaudit.audittree import AuditTree, leaf_hash, root_from_inclusion_proof
-from posaudit.exceptions import AuditError, AuditTreeError, ChainError
-from posaudit.ledger import AppendResult, LedgerClient
+from posaudit.exceptions import (
+    AuditError,
+    AuditTreeError,
+    BlockOutOfGasError,
+    ChainError,
+)
+from posaudit.ledger import AppendResult, LedgerClient, Tip
 from posaudit.records import SignedRecord
 from posaudit.rules import StatusCode
 from posaudit.store import Store, StoredBlock, StoredRecord, Submission
 
 log = logging.getLogger(__name__)
+
+# Gas bounds of one block, measured on anvil (tests/python/test_block_gas.py): an
+# append costs at most ~65,000 gas per record (each record from a terminal and a
+# merchant new to the Ledger) and ~150,000 per block; a whole-block audit ~3,100 per
+# record and ~60,000 per block.
+APPEND_GAS_PER_RECORD = 80_000
+APPEND_GAS_PER_BLOCK = 250_000
+AUDIT_GAS_PER_RECORD = 6_000
+AUDIT_GAS_PER_BLOCK = 150_000
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,32 @@ class Bookkeeper:
         self.store = store
         self.ledger = ledger
         self.audit_client = audit
+        self._gas_cap: int | None = None
+        # Lowered when a block runs out of gas, lifted again by a block that fits.
+        self._size_cap: int | None = None
+        # The head after this bookkeeper's last block: the next one links to it
+        # without asking the Ledger. Forgotten on any failure.
+        self._tip: Tip | None = None
+
+    @property
+    def gas_cap(self) -> int:
+        """The most gas one transaction of the bookkeeper may take: half the chain's
+        block gas limit, read once."""
+        if self._gas_cap is None:
+            limit = int(self.ledger.w3.eth.get_block("latest")["gasLimit"])
+            self._gas_cap = limit // 2
+
+        return self._gas_cap
+
+    def append_gas(self, records: int) -> int:
+        """The gas limit of an append of ``records`` records."""
+        bound = APPEND_GAS_PER_BLOCK + APPEND_GAS_PER_RECORD * records
+        return min(bound, self.gas_cap)
+
+    def audit_gas(self, records: int) -> int:
+        """The gas limit of a whole-block audit of ``records`` records."""
+        bound = AUDIT_GAS_PER_BLOCK + AUDIT_GAS_PER_RECORD * records
+        return min(bound, self.gas_cap)
 
     def append(self, records: Sequence[SignedRecord]) -> AppendResult:
         """Put ``records`` on chain as one block and store its proofs.
@@ -125,27 +171,43 @@ class Bookkeeper:
             ChainError: The node or the Ledger refused; the submission stays in the
                 store for :meth:`reconcile`.
         """
-        pending = self.store.pending(count)
+        pending = self.store.pending(min(count, self._size_cap or count))
         if not pending:
             return None
 
         records = [stored.signed for stored in pending]
-        header = self.ledger.build_block(records)
+        header = self.ledger.build_block(records, self._tip)
+        self._tip = None
         from_block = int(self.ledger.w3.eth.block_number)
         ids = [signed.record.record_id for signed in records]
         self.store.begin_submission(header, ids, from_block)
         try:
-            transaction_hash = self.ledger.send_block(header, records)
+            gas = self.append_gas(len(records))
+            transaction_hash = self.ledger.send_block(header, records, gas)
             self.store.note_transaction(header.block_hash, transaction_hash)
-            appended = self.ledger.block_result(header, transaction_hash)
-        except ChainError:
+            appended = self.ledger.block_result(header, records, transaction_hash)
+        except ChainError as err:
             # Refused before sending, or reverted when mined: nothing changed on
             # chain, and the records wait for the next block.
             self.store.drop_submission(header.block_hash)
+            if isinstance(err, BlockOutOfGasError):
+                self._shrink(len(records))
             raise
 
+        self._size_cap = None
+        self._tip = Tip.after(header)
         self._save(appended, records)
-        return appended, self.audit(appended.block_hash)
+        return appended, self.audit(appended.block_hash, appended.holds)
+
+    def _shrink(self, size: int) -> None:
+        if size == 1:
+            return
+
+        self._size_cap = size // 2
+        log.warning(
+            "block ran out of gas; the next one takes half the records",
+            extra={"records": size, "next_records": self._size_cap},
+        )
 
     def reconcile(self, receipt_timeout: float = 30.0) -> Reconciliation:
         """Bring the store in line with the chain after a start or a crash.
@@ -154,6 +216,7 @@ class Bookkeeper:
         either found on chain and saved, or dropped with its records left in the
         outbox; every block not yet audited is audited.
         """
+        self._tip = None
         self.ledger.sender.resync()
         self.audit_client.sender.resync()
         returned = self._return_lost_blocks()
@@ -234,8 +297,13 @@ class Bookkeeper:
         appended = self.append(records)
         return appended, self.audit(appended.block_hash)
 
-    def audit(self, block_hash: bytes) -> AuditResult:
+    def audit(self, block_hash: bytes, holds: bytes | None = None) -> AuditResult:
         """Check the stored proofs of a block against the chain and settle it.
+
+        Args:
+            block_hash: The block.
+            holds: Its holds as read from its append receipt; read from the chain
+                again when omitted.
 
         Raises:
             RecordNotFoundError: The block is not in the store.
@@ -249,7 +317,8 @@ class Bookkeeper:
             for stored in records
             if not _proof_matches(stored, on_chain.record_count, on_chain.records_root)
         }
-        holds = self.audit_client.holds_from_chain(block.transaction_hash)
+        if holds is None:
+            holds = self.ledger.holds_from_chain(block.transaction_hash)
         if mismatched:
             result = self._audit_one_by_one(block_hash, records, mismatched, holds)
         else:
@@ -271,14 +340,11 @@ class Bookkeeper:
         self, block_hash: bytes, records: list[StoredRecord], holds: bytes
     ) -> AuditResult:
         leaf_hashes = [leaf_hash(stored.signed.leaf) for stored in records]
-        receipt = self.audit_client.audit_block(block_hash, leaf_hashes, holds)
+        gas = self.audit_gas(len(records))
+        receipt = self.audit_client.audit_block(block_hash, leaf_hashes, holds, gas)
         settled = sum(stored.code == StatusCode.APPROVED for stored in records)
         return AuditResult(
-            block_hash,
-            settled,
-            (),
-            (bytes(receipt["transactionHash"]),),
-            int(receipt["gasUsed"]),
+            block_hash, settled, (), (receipt.transaction_hash,), receipt.gas_used
         )
 
     def _audit_one_by_one(
@@ -320,8 +386,8 @@ class Bookkeeper:
             block_hash,
             len(receipts) - len(rejected),
             tuple(index for index in rejected if index is not None),
-            tuple(bytes(receipt["transactionHash"]) for receipt in receipts),
-            sum(int(receipt["gasUsed"]) for receipt in receipts),
+            tuple(receipt.transaction_hash for receipt in receipts),
+            sum(receipt.gas_used for receipt in receipts),
         )
 
 

@@ -90,6 +90,10 @@ class BlockRejectedError(ChainError):
     """The Ledger refused a settlement block (a custom error from the contract)."""
 
 
+class BlockOutOfGasError(BlockRejectedError):
+    """A settlement block needed more gas than its transaction was given."""
+
+
 class NodeUnreachableError(ChainError):
     """The chain node does not answer at its RPC endpoint."""
 

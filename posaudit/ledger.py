@@ -11,12 +11,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
-from web3.logs import DISCARD
 
 from posaudit.blocks import BlockHeader, build_header
 from posaudit.chain.deploy import Deployment, contract_at, transact
-from posaudit.chain.sender import Sender
-from posaudit.exceptions import BlockRejectedError
+from posaudit.chain.events import EventReader
+from posaudit.chain.sender import Receipt, Sender
+from posaudit.exceptions import AuditError, BlockOutOfGasError, BlockRejectedError
 from posaudit.records import SignedRecord
 from posaudit.rules import StatusCode
 from posaudit.signing import public_numbers
@@ -36,7 +36,13 @@ class RecordOutcome:
 
 @dataclass(frozen=True)
 class AppendResult:
-    """A block accepted by the Ledger and the outcome of each of its records."""
+    """A block accepted by the Ledger and the outcome of each of its records.
+
+    Attributes:
+        holds: What the Ledger committed to hold, 64 bytes per approved record in
+            record order (see :func:`posaudit.records.encode_hold`), read from its
+            ``TransactionApproved`` events: what the audit moves.
+    """
 
     header: BlockHeader
     block_hash: bytes
@@ -45,6 +51,22 @@ class AppendResult:
     gas_used: int
     transaction_hash: bytes
     outcomes: tuple[RecordOutcome, ...]
+    holds: bytes
+
+
+@dataclass(frozen=True)
+class Tip:
+    """What the next block's header takes from the head: its hash, the earliest
+    timestamp it may carry, and the difficulty target."""
+
+    block_hash: bytes
+    timestamp: int
+    target: int
+
+    @classmethod
+    def after(cls, header: BlockHeader) -> Tip:
+        """The tip once the block of ``header`` is the head."""
+        return cls(header.block_hash, header.timestamp, header.target)
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,10 @@ class LedgerClient:
         )
         self.ledger: Contract = contract_at(w3, "Ledger", deployment.ledger)
         self.sender = Sender(w3, bookkeeper)
+        self._events = {
+            name: EventReader(self.ledger.abi, name)
+            for name in ("BlockValidated", "TransactionApproved", "TransactionRejected")
+        }
 
     def register_terminal(
         self, terminal_id: str, merchant: str, key: rsa.RSAPublicKey
@@ -177,46 +203,74 @@ class LedgerClient:
             holds_digest=bytes(stored[5]),
         )
 
-    def build_block(self, records: Sequence[SignedRecord]) -> BlockHeader:
-        """The header of the next block for ``records``, its nonce searched.
-
-        It links to the current head and takes the chain's latest block time.
-        """
+    def tip(self) -> Tip:
+        """The current head of the Ledger, as the next block must link to it."""
         prev_hash, _ = self.head()
         parent = self.block_of(prev_hash)
-        now = int(self.w3.eth.get_block("latest")["timestamp"])
-        timestamp = max(now, parent.timestamp)
         target = int(self.ledger.functions.target().call())
-        leaves = [signed.leaf for signed in records]
-        return build_header(prev_hash, leaves, timestamp, target)
+        return Tip(prev_hash, parent.timestamp, target)
 
-    def send_block(self, header: BlockHeader, records: Sequence[SignedRecord]) -> bytes:
+    def build_block(
+        self, records: Sequence[SignedRecord], tip: Tip | None = None
+    ) -> BlockHeader:
+        """The header of the next block for ``records``, its nonce searched.
+
+        It links to ``tip`` (read from the Ledger when omitted) and takes the chain's
+        latest block time.
+        """
+        tip = tip or self.tip()
+        now = int(self.w3.eth.get_block("latest")["timestamp"])
+        leaves = [signed.leaf for signed in records]
+        return build_header(tip.block_hash, leaves, max(now, tip.timestamp), tip.target)
+
+    def append_call(self, header: BlockHeader, records: Sequence[SignedRecord]) -> Any:
+        """The ``appendBlock`` call of a block."""
+        leaves = b"".join(signed.leaf for signed in records)
+        return self.ledger.functions.appendBlock(header.as_tuple(), leaves)
+
+    def send_block(
+        self,
+        header: BlockHeader,
+        records: Sequence[SignedRecord],
+        gas: int | None = None,
+    ) -> bytes:
         """Send the append transaction without waiting; returns its hash.
+
+        Args:
+            header: The block's header.
+            records: Its records, in leaf order.
+            gas: The gas limit; estimated when omitted.
 
         Raises:
             ChainError: The node refused the transaction, or its gas estimate showed
                 the Ledger would revert (the message names the custom error): either
                 way nothing reached the chain.
         """
-        leaves = b"".join(signed.leaf for signed in records)
-        call = self.ledger.functions.appendBlock(header.as_tuple(), leaves)
-        return self.sender.send(call)
+        return self.sender.send(self.append_call(header, records), gas)
 
     def block_result(
-        self, header: BlockHeader, transaction_hash: bytes, timeout: float = 120.0
+        self,
+        header: BlockHeader,
+        records: Sequence[SignedRecord],
+        transaction_hash: bytes,
+        timeout: float = 120.0,
     ) -> AppendResult:
         """Wait for an append transaction and read the outcome of every record.
 
         Raises:
-            BlockRejectedError: The transaction reverted.
+            BlockOutOfGasError: The transaction ran out of gas.
+            BlockRejectedError: The transaction reverted otherwise (the message names
+                the custom error).
         """
-        receipt = self.w3.eth.wait_for_transaction_receipt(
-            transaction_hash, timeout=timeout
-        )
-        if receipt["status"] != 1:
+        receipt = self.sender.wait(transaction_hash, timeout)
+        if receipt.out_of_gas:
+            raise BlockOutOfGasError(
+                self.sender.failure(self.append_call(header, records), receipt)
+            )
+
+        if receipt.status != 1:
             raise BlockRejectedError(
-                f"Append transaction 0x{transaction_hash.hex()} reverted after"
-                f" {receipt['gasUsed']:,} gas."
+                self.sender.failure(self.append_call(header, records), receipt)
             )
 
         return self._result(header, receipt)
@@ -263,8 +317,30 @@ class LedgerClient:
         if not logs:
             return None
 
-        receipt = self.w3.eth.get_transaction_receipt(logs[0]["transactionHash"])
+        receipt = self.sender.wait(bytes(logs[0]["transactionHash"]), timeout=5.0)
         return self._result(header, receipt)
+
+    def holds_from_chain(self, append_transaction: bytes) -> bytes:
+        """A block's holds, rebuilt from its ``TransactionApproved`` events.
+
+        They come from the chain alone, so the audit works even when the
+        bookkeeper's own copy of a record is what went wrong.
+
+        Raises:
+            AuditError: The transaction has no receipt.
+        """
+        found = self.w3.provider.make_request(  # type: ignore[arg-type]
+            "eth_getTransactionReceipt", ["0x" + append_transaction.hex()]
+        ).get("result")
+        if not found:
+            raise AuditError(
+                f"No receipt for the append transaction 0x{append_transaction.hex()}."
+            )
+
+        approved = self._events["TransactionApproved"].decode_all(
+            found["logs"], self.ledger.address
+        )
+        return _holds(approved)
 
     def append(self, records: Sequence[SignedRecord]) -> AppendResult:
         """Put ``records`` on chain as one settlement block and read the outcomes.
@@ -273,7 +349,8 @@ class LedgerClient:
             ChainError: The Ledger refused the block.
         """
         header = self.build_block(records)
-        result = self.block_result(header, self.send_block(header, records))
+        sent = self.send_block(header, records)
+        result = self.block_result(header, records, sent)
         log.info(
             "block appended",
             extra={
@@ -284,36 +361,40 @@ class LedgerClient:
         )
         return result
 
-    def _result(self, header: BlockHeader, receipt: Any) -> AppendResult:
-        events = self.ledger.events
-        validated = _args(events.BlockValidated(), receipt)[0]
-        outcomes = [
-            RecordOutcome(
-                args["index"],
-                bytes(args["terminalId"]).decode("ascii"),
-                args["sequence"],
-                StatusCode.APPROVED,
-            )
-            for args in _args(events.TransactionApproved(), receipt)
-        ] + [
-            RecordOutcome(
-                args["index"],
-                bytes(args["terminalId"]).decode("ascii"),
-                args["sequence"],
-                StatusCode(args["code"]),
-            )
-            for args in _args(events.TransactionRejected(), receipt)
+    def _result(self, header: BlockHeader, receipt: Receipt) -> AppendResult:
+        address = self.ledger.address
+        validated = self._events["BlockValidated"].decode_all(receipt.logs, address)
+        approved = self._events["TransactionApproved"].decode_all(receipt.logs, address)
+        rejected = self._events["TransactionRejected"].decode_all(receipt.logs, address)
+        outcomes = [_outcome(fields, StatusCode.APPROVED) for fields in approved] + [
+            _outcome(fields, StatusCode(fields["code"])) for fields in rejected
         ]
         return AppendResult(
             header=header,
-            block_hash=bytes(validated["blockHash"]),
-            height=int(validated["height"]),
-            block_number=int(receipt["blockNumber"]),
-            gas_used=int(receipt["gasUsed"]),
-            transaction_hash=bytes(receipt["transactionHash"]),
+            block_hash=validated[0]["blockHash"],
+            height=validated[0]["height"],
+            block_number=receipt.block_number,
+            gas_used=receipt.gas_used,
+            transaction_hash=receipt.transaction_hash,
             outcomes=tuple(sorted(outcomes, key=lambda outcome: outcome.index)),
+            holds=_holds(approved),
         )
 
 
-def _args(event: Any, receipt: Any) -> list[Any]:
-    return [entry["args"] for entry in event.process_receipt(receipt, errors=DISCARD)]
+def _outcome(fields: dict[str, Any], code: StatusCode) -> RecordOutcome:
+    return RecordOutcome(
+        fields["index"], fields["terminalId"].decode("ascii"), fields["sequence"], code
+    )
+
+
+def _holds(approved: list[dict[str, Any]]) -> bytes:
+    """The holds of ``TransactionApproved`` events, in record order."""
+    ordered = sorted(approved, key=lambda fields: fields["index"])
+    return b"".join(
+        fields["terminalId"]
+        + fields["sequence"].to_bytes(8, "big")
+        + fields["amount"].to_bytes(8, "big")
+        + bytes.fromhex(fields["merchant"][2:])
+        + bytes.fromhex(fields["payer"][2:])
+        for fields in ordered
+    )

@@ -61,9 +61,23 @@ CREATE TABLE IF NOT EXISTS submissions (
     from_chain_block INTEGER NOT NULL,
     transaction_hash BLOB
 );
+-- A record the bookkeeper put in a block although it was in an earlier one already (an
+-- exact replay, which the Ledger rejects): the record keeps its first place, and the
+-- later block finds its leaf here.
+CREATE TABLE IF NOT EXISTS repeats (
+    block_hash BLOB NOT NULL REFERENCES blocks (block_hash),
+    leaf_index INTEGER NOT NULL,
+    record_id BLOB NOT NULL REFERENCES records (record_id),
+    proof BLOB NOT NULL,
+    code INTEGER NOT NULL,
+    PRIMARY KEY (block_hash, leaf_index)
+);
 CREATE INDEX IF NOT EXISTS records_in_outbox ON records (id) WHERE block_hash IS NULL;
 CREATE INDEX IF NOT EXISTS records_by_block ON records (block_hash, leaf_index);
 """
+
+# Host parameters in one IN (...) list: SQLite allows 32,766 since 3.32, 999 before.
+_IDS_PER_QUERY = 500
 
 _RECORD_COLUMNS = (
     "encoding, signature, received_at, block_hash, leaf_index, proof, code"
@@ -257,6 +271,7 @@ class Store:
 
         Raises:
             StoreError: The tree or the codes do not match the records.
+            RecordConflictError: A record's id is stored with other content.
         """
         if tree.size != len(records) or len(codes) != len(records):
             raise StoreError(
@@ -282,21 +297,73 @@ class Store:
                     block.audit_transaction,
                 ),
             )
-            for index, signed in enumerate(records):
-                if self._find_same(db, signed) is None:
-                    self._insert(db, signed, time.time())
-
-                db.execute(
-                    "UPDATE records SET block_hash = ?, leaf_index = ?, proof = ?,"
-                    " code = ? WHERE record_id = ?",
-                    (
-                        block.block_hash,
-                        index,
-                        b"".join(proofs[index]),
-                        int(codes[index]),
-                        signed.record.record_id,
-                    ),
+            self._add_missing(db, records)
+            rows = [
+                (
+                    block.block_hash,
+                    index,
+                    b"".join(proofs[index]),
+                    int(codes[index]),
+                    signed.record.record_id,
+                    signed.encoding,
                 )
+                for index, signed in enumerate(records)
+            ]
+            placed = db.executemany(
+                "UPDATE records SET block_hash = ?, leaf_index = ?, proof = ?,"
+                " code = ? WHERE record_id = ? AND encoding = ? AND block_hash IS NULL",
+                rows,
+            ).rowcount
+            if placed != len(records):
+                self._place_repeats(db, block.block_hash, rows)
+
+    def _place_repeats(
+        self, db: sqlite3.Connection, block_hash: bytes, rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Note the records of a block that an earlier block holds already."""
+        for row in rows:
+            _, index, proof, code, record_id, encoding = row
+            placed = db.execute(
+                "SELECT block_hash, leaf_index, encoding FROM records"
+                " WHERE record_id = ?",
+                (record_id,),
+            ).fetchone()
+            if (placed[0], placed[1]) == (block_hash, index):
+                continue
+
+            if placed[2] != encoding:
+                raise RecordConflictError(
+                    f"Record {record_id.hex()} at index {index} of block"
+                    f" 0x{block_hash.hex()} is stored with other content."
+                )
+
+            db.execute(
+                "INSERT INTO repeats VALUES (?, ?, ?, ?, ?)",
+                (block_hash, index, record_id, proof, code),
+            )
+
+    def _add_missing(
+        self, db: sqlite3.Connection, records: Sequence[SignedRecord]
+    ) -> None:
+        """Add the records that are not in the store (a block built from records
+        handed over directly rather than from the outbox)."""
+        ids = [signed.record.record_id for signed in records]
+        known: set[bytes] = set()
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT record_id FROM records WHERE record_id IN ({marks})", chunk
+            )
+            known.update(row[0] for row in rows)
+
+        now = time.time()
+        for signed in records:
+            if signed.record.record_id in known:
+                continue
+
+            if self._find_same(db, signed) is None:
+                self._insert(db, signed, now)
 
     def outbox_size(self) -> int:
         """Number of records waiting for a block."""
@@ -377,6 +444,7 @@ class Store:
                 " proof = NULL, code = NULL WHERE block_hash = ?",
                 (block_hash,),
             ).rowcount
+            db.execute("DELETE FROM repeats WHERE block_hash = ?", (block_hash,))
             db.execute("DELETE FROM blocks WHERE block_hash = ?", (block_hash,))
 
         return int(returned)
@@ -423,11 +491,14 @@ class Store:
         return StoredBlock(*row)
 
     def block_records(self, block_hash: bytes) -> list[StoredRecord]:
-        """The records of a block, in leaf order."""
+        """The records of a block, in leaf order (a repeat of a record placed in an
+        earlier block with its place in this one)."""
         rows = self._db.execute(
             f"SELECT {_RECORD_COLUMNS} FROM records WHERE block_hash = ?"
-            " ORDER BY leaf_index",
-            (block_hash,),
+            " UNION ALL SELECT r.encoding, r.signature, r.received_at, p.block_hash,"
+            " p.leaf_index, p.proof, p.code FROM repeats AS p JOIN records AS r"
+            " USING (record_id) WHERE p.block_hash = ? ORDER BY 5",
+            (block_hash, block_hash),
         ).fetchall()
         return [_stored_record(row) for row in rows]
 

@@ -108,16 +108,19 @@ def transact(w3: Web3, call: Any, sender: str, gas: int | None = None) -> Any:
         raise ChainError(
             f"Transaction {receipt['transactionHash'].hex()} ({call.fn_name}) reverted "
             f"after {receipt['gasUsed']:,} of {params.get('gas', 'estimated')} gas: "
-            f"{_replay(call, params)}"
+            f"{revert_reason(call, params)}"
         )
 
     return receipt
 
 
-def _replay(call: Any, params: dict[str, Any]) -> str:
-    """Why a mined transaction reverted, found by running it again as a call."""
+def revert_reason(
+    call: Any, params: dict[str, Any], block: int | str = "latest"
+) -> str:
+    """Why a mined transaction reverted, found by running it again as a call on the
+    state of ``block`` (the one before it, to see what it saw)."""
     try:
-        call.call(params)
+        call.call(params, block_identifier=block)
     except ContractCustomError as err:
         return decode_error(call.contract_abi, err.data)
     except Web3Exception as err:

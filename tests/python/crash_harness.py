@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from posaudit.store import Store
 from posaudit.terminal import TerminalClient
 
 MERCHANT = "0x" + "4d" * 20
+# Seconds, drawn uniformly, between a kill moment being reached and the kill.
+KILL_JITTER = 0.3
 TERMINALS = 4
 PAYERS = 16
 BALANCE = 10**15
@@ -72,6 +75,7 @@ class ServiceProcess:
         self.config = config
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        self.kills = 0
 
     def start(self) -> None:
         command = [str(Path(sys.executable).with_name("posaudit"))]
@@ -86,6 +90,7 @@ class ServiceProcess:
         if self.process is not None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+            self.kills += 1
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -187,20 +192,28 @@ def _send(client: TerminalClient, chunk: list[SignedRecord]) -> list[SignedRecor
 def _killer(
     service: ServiceProcess,
     health: str,
+    progress: Callable[[], int],
     stop: threading.Event,
     rng: random.Random,
-    kills: list[int],
-    kill_after: tuple[float, float],
+    moments: list[int],
 ) -> None:
-    # Each kill falls at a random moment of a service that has come up, so that the
-    # run makes progress between kills and the kills land in every phase of work.
-    while not stop.is_set():
+    """SIGKILL the service once the flow has reached each of ``moments`` (records
+    acknowledged so far), a random fraction of a second later, and start it again.
+
+    Drawing the moments from the flow rather than the clock keeps every kill inside
+    it however fast the service runs; the random delay lands the kills in every phase
+    of the work (before a send, between send and receipt, before a local write).
+    """
+    for moment in moments:
+        while progress() < moment:
+            if stop.wait(0.01):
+                return
+
         _wait_healthy(health, stop)
-        if stop.wait(rng.uniform(*kill_after)):
+        if stop.wait(rng.uniform(0.0, KILL_JITTER)):
             return
 
         service.kill()
-        kills.append(1)
         service.start()
 
 
@@ -248,10 +261,7 @@ def _count_on_chain(
 
 
 def run_trial(
-    workdir: Path,
-    records_per_trial: int,
-    seed: int,
-    kill_after: tuple[float, float] = (0.2, 2.5),
+    workdir: Path, records_per_trial: int, seed: int, kills: int = 3
 ) -> TrialResult:
     """One trial: a fresh chain and store, uploads under random SIGKILLs.
 
@@ -260,8 +270,8 @@ def run_trial(
         records_per_trial: Records uploaded by four terminals (two one by one, two
             in batches of 100).
         seed: Seeds the records and the moments of the kills.
-        kill_after: Range of seconds, drawn uniformly, from the service answering
-            its health check to the next SIGKILL.
+        kills: SIGKILLs during the upload, at moments drawn uniformly from the
+            records acknowledged.
     """
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -295,10 +305,12 @@ def run_trial(
 
         acknowledged: set[tuple[str, int]] = set()
         errors: list[str] = []
-        lock, stop, kills = threading.Lock(), threading.Event(), []
+        lock, stop = threading.Lock(), threading.Event()
         health = f"http://127.0.0.1:{port}/health"
+        moments = sorted(rng.randrange(records_per_trial) for _ in range(kills))
         killer = threading.Thread(
-            target=_killer, args=(service, health, stop, rng, kills, kill_after)
+            target=_killer,
+            args=(service, health, lambda: len(acknowledged), stop, rng, moments),
         )
         uploaders = [
             threading.Thread(
@@ -319,25 +331,25 @@ def run_trial(
         finally:
             service.stop()
 
-        result = TrialResult(kills=len(kills), errors=errors, acknowledged=acknowledged)
+        result = TrialResult(
+            kills=service.kills, errors=errors, acknowledged=acknowledged
+        )
         _count_on_chain(w3, deployment, result, amounts)
     result.seconds = time.monotonic() - started
     return result
 
 
 def main() -> None:
-    """``python -m tests.python.crash_harness TRIALS RECORDS DIR [MAX_UPTIME]``.
+    """``python -m tests.python.crash_harness TRIALS RECORDS DIR [KILLS]``.
 
-    Prints one line per trial; kills fall 0.2 s to MAX_UPTIME (default 10 s) after
-    the service answers.
+    Prints one line per trial; each trial kills the service KILLS times (default 5)
+    while its records flow.
     """
     trials, records, workdir = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    uptime = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
+    kills = int(sys.argv[4]) if len(sys.argv) > 4 else 5
     print("trial kills acknowledged approved lost settled_twice complete seconds")
     for trial in range(trials):
-        result = run_trial(
-            workdir / f"trial{trial}", records, seed=trial, kill_after=(0.2, uptime)
-        )
+        result = run_trial(workdir / f"trial{trial}", records, seed=trial, kills=kills)
         print(
             trial,
             result.kills,

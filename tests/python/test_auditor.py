@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hexbytes import HexBytes
 from web3 import Web3
 from web3.types import RPCEndpoint
 
@@ -31,6 +30,7 @@ from posaudit.auditor import Auditor, AuditState, RecordRow, Step
 from posaudit.audittree import AuditTree
 from posaudit.chain.deploy import Deployment, connect, deploy
 from posaudit.chain.devnet import Devnet, free_port
+from posaudit.chain.sender import Receipt
 from posaudit.cli import cli
 from posaudit.exceptions import (
     DeploymentMismatchError,
@@ -186,28 +186,24 @@ class _Builder:
         result = self.ledger.append(records)
         assert [outcome.code for outcome in result.outcomes] == codes
         tree = AuditTree.from_leaves(signed.leaf for signed in records)
-        holds = self.scene.audits.holds_from_chain(result.transaction_hash)
-        block = Block(records, result, tree, holds)
+        block = Block(records, result, tree, result.holds)
         self.scene.blocks.append(block)
-        receipt = self.scene.w3.eth.get_transaction_receipt(
-            HexBytes(result.transaction_hash)
-        )
-        self._note(name, receipt)
+        self._note(name, result.block_number, result.transaction_hash)
         return block
 
-    def send(self, name: str, action: Callable[..., Any], *args: Any) -> None:
+    def send(self, name: str, action: Callable[..., Receipt], *args: Any) -> None:
         """Run an audit ``action`` that returns its receipt."""
         self._tick()
-        self._note(name, action(*args))
+        receipt = action(*args)
+        self._note(name, receipt.block_number, receipt.transaction_hash)
 
     def _tick(self) -> None:
         self.scene.w3.provider.make_request(
             RPCEndpoint("evm_increaseTime"), [CLOCK_STEP]
         )
 
-    def _note(self, name: str, receipt: Any) -> None:
-        number = int(receipt["blockNumber"])
-        self.scene.txs[name] = bytes(receipt["transactionHash"])
+    def _note(self, name: str, number: int, transaction_hash: bytes) -> None:
+        self.scene.txs[name] = transaction_hash
         self.scene.numbers[name] = number
         self.scene.times[name] = int(self.scene.w3.eth.get_block(number)["timestamp"])
 

@@ -157,6 +157,35 @@ class TestBlocks:
             assert computed == block.records_root
         assert store.block(block.block_hash) == block
 
+    def test_replayed_record_keeps_its_first_place_and_joins_the_later_block(
+        self, store, terminal_key
+    ):
+        first = [signed(terminal_key, 1), signed(terminal_key, 2)]
+        store.save_block(block_of(first, 1), first, _tree(first), [0, 0])
+        later = [signed(terminal_key, 3), first[1]]
+        codes = [StatusCode.APPROVED, StatusCode.SEQUENCE_NOT_ABOVE]
+
+        store.save_block(block_of(later, 2), later, _tree(later), codes)
+
+        original = store.record(first[1].record.record_id)
+        assert (original.block_hash, original.leaf_index) == (bytes([1]) * 32, 1)
+        assert original.code == StatusCode.APPROVED
+        again = store.block_records(bytes([2]) * 32)
+        assert [s.signed.leaf for s in again] == [r.leaf for r in later]
+        assert [(s.leaf_index, s.code) for s in again] == [(0, codes[0]), (1, codes[1])]
+        assert store.return_to_outbox(bytes([2]) * 32) == 1
+        assert store.block_records(bytes([2]) * 32) == []
+
+    def test_other_content_under_a_placed_id_is_refused(self, store, terminal_key):
+        first = [signed(terminal_key, 1)]
+        store.save_block(block_of(first, 1), first, _tree(first), [0])
+        impostor = [signed(terminal_key, 2, record_id=first[0].record.record_id)]
+
+        with pytest.raises(RecordConflictError):
+            store.save_block(block_of(impostor, 2), impostor, _tree(impostor), [0])
+
+        assert [b.height for b in store.unaudited_blocks()] == [1]
+
     def test_audit_transaction_closes_the_block(self, store, terminal_key):
         records = [signed(terminal_key, 1)]
         first, second = block_of(records, 1), block_of([signed(terminal_key, 2)], 2)
@@ -221,3 +250,7 @@ def test_file_that_is_no_database_is_named(tmp_path):
 
     with pytest.raises(StoreError, match=r"junk\.db"):
         Store(path)
+
+
+def _tree(records: list[SignedRecord]) -> AuditTree:
+    return AuditTree.from_leaves(r.leaf for r in records)

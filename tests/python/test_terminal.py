@@ -114,7 +114,7 @@ class SlowFirstAnswerProxy:
         with connection:
             request = _read_request(connection)
             self.bodies.append(request.split(b"\r\n\r\n", 1)[1])
-            request = request.replace(b"Connection: keep-alive", b"Connection: close")
+            request = _closing(request)
             with socket.create_connection(self.upstream) as upstream:
                 upstream.sendall(request)
                 answer = b"".join(iter(lambda: upstream.recv(65_536), b""))
@@ -126,6 +126,18 @@ class SlowFirstAnswerProxy:
                 connection.sendall(answer)
             except OSError:
                 return
+
+
+def _closing(request: bytes) -> bytes:
+    """``request`` asking the upstream to close the connection after its answer, so
+    that the proxy reads the answer to its end."""
+    head, body = request.split(b"\r\n\r\n", 1)
+    lines = [
+        line
+        for line in head.split(b"\r\n")
+        if not line.lower().startswith(b"connection:")
+    ]
+    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + body
 
 
 def _read_request(connection: socket.socket) -> bytes:
