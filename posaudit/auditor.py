@@ -37,7 +37,7 @@ from web3.contract.contract import ContractEvent
 from web3.exceptions import ProviderConnectionError, Web3Exception
 
 from posaudit.audit import SettlementStatus
-from posaudit.chain.deploy import Deployment, contract_at
+from posaudit.chain.deploy import Deployment, contract_at, rpc_session
 from posaudit.exceptions import (
     DeploymentMismatchError,
     FieldRangeError,
@@ -461,7 +461,9 @@ class Auditor:
             NodeUnreachableError: Nothing answers at ``rpc_url``.
             DeploymentMismatchError: The deployment is not on that chain.
         """
-        provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
+        provider = Web3.HTTPProvider(
+            rpc_url, request_kwargs={"timeout": timeout}, session=rpc_session(rpc_url)
+        )
         return cls(Web3(provider), deployment, confirmations, page_size, start_block)
 
     def blocks(

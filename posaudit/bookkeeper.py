@@ -38,7 +38,7 @@ from posaudit.exceptions import (
 from posaudit.ledger import AppendResult, LedgerClient, Tip
 from posaudit.records import SignedRecord
 from posaudit.rules import StatusCode
-from posaudit.store import Store, StoredBlock, StoredRecord, Submission
+from posaudit.store import Store, StoredBlock, StoredLeaf, Submission
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,23 @@ class Bookkeeper:
             ChainError: The node or the Ledger refused; the submission stays in the
                 store for :meth:`reconcile`.
         """
+        appended = self.append_next(count)
+        if appended is None:
+            return None
+
+        return appended, self.audit(appended.block_hash, appended)
+
+    def append_next(self, count: int) -> AppendResult | None:
+        """Put the oldest ``count`` records of the outbox on chain as one block and
+        store it with its proofs; the audit is left to the caller.
+
+        Returns:
+            None when the outbox is empty.
+
+        Raises:
+            ChainError: The node or the Ledger refused; the records stay in the
+                outbox.
+        """
         pending = self.store.pending(min(count, self._size_cap or count))
         if not pending:
             return None
@@ -197,7 +214,7 @@ class Bookkeeper:
         self._size_cap = None
         self._tip = Tip.after(header)
         self._save(appended, records)
-        return appended, self.audit(appended.block_hash, appended.holds)
+        return appended
 
     def _shrink(self, size: int) -> None:
         if size == 1:
@@ -297,32 +314,40 @@ class Bookkeeper:
         appended = self.append(records)
         return appended, self.audit(appended.block_hash)
 
-    def audit(self, block_hash: bytes, holds: bytes | None = None) -> AuditResult:
+    def audit(
+        self, block_hash: bytes, appended: AppendResult | None = None
+    ) -> AuditResult:
         """Check the stored proofs of a block against the chain and settle it.
 
         Args:
             block_hash: The block.
-            holds: Its holds as read from its append receipt; read from the chain
-                again when omitted.
+            appended: What its append receipt said, when the caller has just read
+                it: the chain's ``BlockValidated`` for the header's hash fixes its
+                root and size, and its events the holds. Read from the chain again
+                when omitted.
 
         Raises:
             RecordNotFoundError: The block is not in the store.
             ChainError: A settlement transaction failed.
         """
         block = self.store.block(block_hash)
-        records = self.store.block_records(block_hash)
-        on_chain = self.ledger.block_of(block_hash)
+        leaves = self.store.block_leaves(block_hash)
+        if appended is not None and appended.block_hash == block_hash:
+            size, root = appended.header.record_count, appended.header.records_root
+            holds = appended.holds
+        else:
+            on_chain = self.ledger.block_of(block_hash)
+            size, root = on_chain.record_count, on_chain.records_root
+            holds = self.ledger.holds_from_chain(block.transaction_hash)
         mismatched = {
             stored.leaf_index
-            for stored in records
-            if not _proof_matches(stored, on_chain.record_count, on_chain.records_root)
+            for stored in leaves
+            if not _proof_matches(stored, size, root)
         }
-        if holds is None:
-            holds = self.ledger.holds_from_chain(block.transaction_hash)
         if mismatched:
-            result = self._audit_one_by_one(block_hash, records, mismatched, holds)
+            result = self._audit_one_by_one(block_hash, leaves, mismatched, holds)
         else:
-            result = self._audit_whole(block_hash, records, holds)
+            result = self._audit_whole(block_hash, leaves, holds)
 
         self.store.save_audit(block_hash, result.transactions[-1])
         log.info(
@@ -337,12 +362,12 @@ class Bookkeeper:
         return result
 
     def _audit_whole(
-        self, block_hash: bytes, records: list[StoredRecord], holds: bytes
+        self, block_hash: bytes, leaves: list[StoredLeaf], holds: bytes
     ) -> AuditResult:
-        leaf_hashes = [leaf_hash(stored.signed.leaf) for stored in records]
-        gas = self.audit_gas(len(records))
+        leaf_hashes = [leaf_hash(stored.leaf) for stored in leaves]
+        gas = self.audit_gas(len(leaves))
         receipt = self.audit_client.audit_block(block_hash, leaf_hashes, holds, gas)
-        settled = sum(stored.code == StatusCode.APPROVED for stored in records)
+        settled = sum(stored.code == StatusCode.APPROVED for stored in leaves)
         return AuditResult(
             block_hash, settled, (), (receipt.transaction_hash,), receipt.gas_used
         )
@@ -350,17 +375,16 @@ class Bookkeeper:
     def _audit_one_by_one(
         self,
         block_hash: bytes,
-        records: list[StoredRecord],
-        mismatched: set[int | None],
+        leaves: list[StoredLeaf],
+        mismatched: set[int],
         holds: bytes,
     ) -> AuditResult:
         receipts, rejected = [], []
-        for stored in records:
+        for stored in leaves:
             if stored.code != StatusCode.APPROVED:
                 continue
 
-            index, proof = stored.leaf_index, stored.proof or ()
-            leaf = stored.signed.leaf
+            index, proof, leaf = stored.leaf_index, stored.proof, stored.leaf
             if index in mismatched:
                 log.warning(
                     "proof does not match the chain; rejecting the record",
@@ -385,19 +409,16 @@ class Bookkeeper:
         return AuditResult(
             block_hash,
             len(receipts) - len(rejected),
-            tuple(index for index in rejected if index is not None),
+            tuple(rejected),
             tuple(receipt.transaction_hash for receipt in receipts),
             sum(receipt.gas_used for receipt in receipts),
         )
 
 
-def _proof_matches(stored: StoredRecord, size: int, root: bytes) -> bool:
-    if stored.leaf_index is None or stored.proof is None:
-        return False
-
+def _proof_matches(stored: StoredLeaf, size: int, root: bytes) -> bool:
     try:
         computed = root_from_inclusion_proof(
-            stored.leaf_index, size, leaf_hash(stored.signed.leaf), stored.proof
+            stored.leaf_index, size, leaf_hash(stored.leaf), stored.proof
         )
     except AuditTreeError:
         return False

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from web3 import Web3
 
-from posaudit.chain.deploy import Deployment, open_chain
+from posaudit.chain.deploy import Deployment, open_chain, rpc_session
 from posaudit.exceptions import (
     MalformedReceiptError,
     PosauditError,
@@ -227,6 +227,7 @@ def verify(
         provider = Web3.HTTPProvider(
             rpc_url,
             request_kwargs={"timeout": timeout},
+            session=rpc_session(rpc_url),
             exception_retry_configuration=None,
         )
         checks = verify_receipt(parsed, Web3(provider), trusted)

@@ -21,7 +21,7 @@ from web3.exceptions import ContractCustomError, Web3Exception
 from web3.main import get_default_modules
 from web3.types import RPCEndpoint
 
-from posaudit.chain.deploy import Deployment, contract_at, decode_error
+from posaudit.chain.deploy import Deployment, contract_at, decode_error, rpc_session
 from posaudit.ledger import terminal_bytes
 from posaudit.signing import public_numbers
 from posaudit.simulation import MINIMUM_AGES, Scenario, SimulationError, Workload
@@ -104,6 +104,7 @@ def reading_web3(rpc_url: str, timeout: float = 30.0) -> Web3:
     provider = HTTPProvider(
         rpc_url,
         request_kwargs={"timeout": timeout},
+        session=rpc_session(rpc_url),
         cache_allowed_requests=True,
         request_cache_validation_threshold=None,
     )

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
-import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -36,6 +35,7 @@ from urllib3.poolmanager import PoolManager
 from web3 import HTTPProvider, Web3
 from web3.exceptions import Web3Exception
 
+from posaudit.chain.deploy import rpc_session
 from posaudit.exceptions import ChainError, MonitorError
 from posaudit.ledger import LedgerClient
 from posaudit.monitor_policy import (
@@ -274,7 +274,7 @@ class CountingHTTPProvider(HTTPProvider):
         **kwargs: Any,
     ) -> None:
         self.traffic = LinkTraffic(link_name)
-        session = requests.Session()
+        session = rpc_session(endpoint_uri)
         adapter = CountingAdapter(self.traffic)
         session.mount("http://", adapter)
         session.mount("https://", adapter)

@@ -4,11 +4,20 @@ Normal network: one record per block. Congested: an aggregate block as soon as n
 records wait, or when the oldest has waited the flush timeout (claim 7). Every block
 is audited before the next one is built; at start, the loop reconciles the store with
 the chain, so that a restart after a crash finishes the interrupted work.
+
+:meth:`Service.serve` runs the gateway in its process and the bookkeeper loop with the
+network monitor in a child process: they meet only in the store, and each gets a core
+of its own instead of sharing one interpreter.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
+import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +34,17 @@ from posaudit.chain.deploy import Deployment
 from posaudit.config import Config
 from posaudit.exceptions import ChainError
 from posaudit.gateway import create_chain_app, serve
-from posaudit.ledger import LedgerClient
+from posaudit.ledger import AppendResult, LedgerClient
 from posaudit.monitor import NetworkMonitor, counting_connect, ledger_height, traffic_of
 from posaudit.monitor_policy import MonitorPolicy, NetworkState, Transition
-from posaudit.store import Store
+from posaudit.store import Store, read_network
+
+# prctl(2): the signal the kernel sends a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+# Seconds between two snapshots of the network monitor written to the store.
+PUBLISH_INTERVAL = 0.5
+# Seconds before a bookkeeper process that died is started again.
+RESTART_DELAY = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +73,92 @@ class FixedMode:
     def congested(self) -> bool:
         """The fixed verdict."""
         return self._congested
+
+
+def publish_network(
+    monitor: NetworkMonitor,
+    store_path: Path,
+    stop: threading.Event,
+    interval: float = PUBLISH_INTERVAL,
+) -> None:
+    """Write the monitor's snapshot to the store every ``interval`` seconds until
+    ``stop`` is set, for a gateway in another process (``GET /v1/network``).
+
+    It runs on a thread of its own: a write waits for the store's lock, which the
+    gateway holds while it stores a batch, and the bookkeeper must not wait with it.
+    """
+    with Store(store_path) as store:
+        while True:
+            store.save_network(monitor.snapshot())
+            if stop.wait(interval):
+                return
+
+
+class AuditWorker:
+    """Audits the blocks the loop appends, on a thread of its own, while the loop
+    builds and sends the next block.
+
+    The node then mines one block's append while the audit of the block before runs,
+    instead of each waiting for the other. The worker has its own store connection
+    and its own connection to the node (the auditor's link). A block whose audit
+    fails goes again after ``retry_delay``; one left when the loop stops is audited
+    by the reconciliation of the next start.
+
+    Args:
+        store_path: The store.
+        ledger: A Ledger client for reads, on the worker's own connection.
+        audit: The audit client, on the same connection.
+        backlog: Blocks that may wait for their audit before :meth:`submit` waits.
+        retry_delay: Seconds before a failed audit goes again.
+    """
+
+    def __init__(
+        self,
+        store_path: Path,
+        ledger: LedgerClient,
+        audit: AuditClient,
+        backlog: int = 4,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self.store_path = store_path
+        self.ledger = ledger
+        self.audit = audit
+        self.retry_delay = retry_delay
+        self.audited = 0
+        self._queue: queue.Queue[AppendResult] = queue.Queue(maxsize=backlog)
+
+    def submit(self, appended: AppendResult) -> None:
+        """Hand over a block just appended and stored."""
+        self._queue.put(appended)
+
+    def run(self, stop: threading.Event) -> None:
+        """Audit what is handed over until ``stop`` is set."""
+        with Store(self.store_path) as store:
+            bookkeeper = Bookkeeper(store, self.ledger, self.audit)
+            while not stop.is_set():
+                try:
+                    appended = self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+
+                self._audit(bookkeeper, appended, stop)
+
+    def _audit(
+        self, bookkeeper: Bookkeeper, appended: AppendResult, stop: threading.Event
+    ) -> None:
+        while not stop.is_set():
+            try:
+                bookkeeper.audit(appended.block_hash, appended)
+            except ChainError as err:
+                log.warning(
+                    "block audit failed; trying again",
+                    extra={"block_hash": appended.block_hash.hex(), "error": str(err)},
+                )
+                stop.wait(self.retry_delay)
+                continue
+
+            self.audited += 1
+            return
 
 
 @dataclass
@@ -90,20 +192,32 @@ class BookkeeperLoop:
         monitor: CongestionSource | None = None,
         idle: float = 0.05,
         clock: Callable[[], float] = time.time,
+        auditor: AuditWorker | None = None,
     ) -> None:
         self.bookkeeper = bookkeeper
         self.policy = policy
         self.monitor = monitor or FixedMode(congested=False)
         self.idle = idle
         self.clock = clock
+        self.auditor = auditor
         self.stats = LoopStats()
 
     def run(self, stop: threading.Event) -> None:
         """Reconcile, then build blocks until ``stop`` is set."""
         self.bookkeeper.reconcile()
+        worker = None
+        if self.auditor is not None:
+            worker = threading.Thread(
+                target=self.auditor.run, args=(stop,), name="posaudit-audit"
+            )
+            worker.start()
+
         while not stop.is_set():
             if not self.run_once():
                 stop.wait(self.idle)
+
+        if worker is not None:
+            worker.join()
 
     def run_once(self) -> bool:
         """Build, send and audit one block if one is due.
@@ -114,7 +228,7 @@ class BookkeeperLoop:
         store = self.bookkeeper.store
         try:
             self.monitor.tick()
-            waiting = store.outbox_size()
+            waiting = store.outbox_size(self.policy.max_block_records)
             since = store.oldest_waiting_since()
             age = 0.0 if since is None else self.clock() - since
             congested = self.monitor.congested
@@ -122,19 +236,28 @@ class BookkeeperLoop:
             if size == 0:
                 return False
 
-            done = self.bookkeeper.step(size)
+            appended = self._settle(size)
         except ChainError as err:
             # The records stay in the outbox; the next round tries again.
             self.stats.failures += 1
             log.warning("block not settled", extra={"error": str(err)})
             return False
 
-        if done is None:
+        if appended is None:
             return False
 
-        appended, _ = done
         self._count(appended.header.record_count, congested)
         return True
+
+    def _settle(self, size: int) -> AppendResult | None:
+        if self.auditor is None:
+            done = self.bookkeeper.step(size)
+            return None if done is None else done[0]
+
+        appended = self.bookkeeper.append_next(size)
+        if appended is not None:
+            self.auditor.submit(appended)
+        return appended
 
     def _count(self, size: int, congested: bool) -> None:
         self.stats.blocks += 1
@@ -166,11 +289,13 @@ class Service:
         self._check_chain()
         operator, bookkeeper, auditor = self._accounts()
         self.ledger = LedgerClient(self.w3, self.deployment, operator, bookkeeper)
-        self.audit = AuditClient(self.w3, self.deployment, auditor)
+        # The audit worker's thread has a connection of its own: another link.
+        self.audit_w3 = counting_connect(rpc_url, "auditor")
+        self.audit = AuditClient(self.audit_w3, self.deployment, auditor)
         self.monitor = NetworkMonitor(
             MonitorPolicy(config.monitor.settings()),
             ledger_height(self.ledger),
-            [traffic_of(self.w3)],
+            [traffic_of(self.w3), traffic_of(self.audit_w3)],
             on_change=self._report_transition,
         )
         self.stop = threading.Event()
@@ -205,12 +330,30 @@ class Service:
                 "network state not recorded on chain", extra={"error": str(err)}
             )
 
-    def run_loop(self) -> None:
-        """The bookkeeper loop, on the calling thread, until :attr:`stop` is set."""
-        with Store(self.config.store.path) as store:
-            bookkeeper = Bookkeeper(store, self.ledger, self.audit)
+    def run_loop(self, publish: bool = False) -> None:
+        """The bookkeeper loop, on the calling thread, until :attr:`stop` is set.
+
+        Args:
+            publish: Write the network monitor's snapshot to the store, for a
+                gateway in another process.
+        """
+        path = self.config.store.path
+        reader = LedgerClient(
+            self.audit_w3, self.deployment, self.ledger.operator, self.ledger.bookkeeper
+        )
+        if publish:
+            threading.Thread(
+                target=publish_network,
+                args=(self.monitor, path, self.stop),
+                name="posaudit-network",
+                daemon=True,
+            ).start()
+        with Store(path) as store:
             self.loop = BookkeeperLoop(
-                bookkeeper, self.config.bookkeeper.policy(), self._congestion()
+                Bookkeeper(store, self.ledger, self.audit),
+                self.config.bookkeeper.policy(),
+                self._congestion(),
+                auditor=AuditWorker(path, reader, self.audit),
             )
             self.loop.run(self.stop)
 
@@ -221,27 +364,128 @@ class Service:
 
         return FixedMode(congested=mode == "aggregate")
 
-    def gateway(self) -> Any:
-        """The gateway app, wired to the monitor's snapshot."""
+    def gateway(self, monitor_in_store: bool = False) -> Any:
+        """The gateway app, wired to the monitor's snapshot.
+
+        Args:
+            monitor_in_store: Read the snapshot from the store, where a bookkeeper
+                in another process writes it, rather than from this process's
+                monitor.
+        """
+        path = self.config.store.path
         return create_chain_app(
-            self.config.store.path,
+            path,
             self.w3,
             self.deployment,
-            network_state=self.monitor.snapshot,
+            network_state=(
+                (lambda: read_network(path))
+                if monitor_in_store
+                else self.monitor.snapshot
+            ),
         )
 
     def serve(self) -> None:
-        """Run everything until interrupted; the loop stops with the gateway."""
-        thread = threading.Thread(
-            target=self.run_loop, name="posaudit-bookkeeper", daemon=True
-        )
-        thread.start()
+        """Run everything until interrupted: the gateway here, the bookkeeper loop
+        and the network monitor in a child process, stopped with the gateway."""
+        bookkeeper = BookkeeperProcess(self.config, self.rpc_url)
+        bookkeeper.start()
         try:
             gateway = self.config.gateway
-            serve(self.gateway(), gateway.host, gateway.port)
+            serve(self.gateway(monitor_in_store=True), gateway.host, gateway.port)
         finally:
-            self.stop.set()
-            thread.join(timeout=30)
+            bookkeeper.stop()
+
+
+class BookkeeperProcess:
+    """The bookkeeper loop and the network monitor in a child process, started again
+    if it dies.
+
+    The child dies with its parent (``PR_SET_PDEATHSIG``): a service killed with
+    SIGKILL leaves no bookkeeper behind, and its restart reconciles what either
+    process left unfinished.
+
+    Args:
+        config: The service's configuration.
+        rpc_url: The node.
+    """
+
+    def __init__(self, config: Config, rpc_url: str) -> None:
+        self.config = config
+        self.rpc_url = rpc_url
+        self._context = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._stopping = threading.Event()
+        self._watch: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the child and a thread that starts it again should it die."""
+        self._spawn()
+        self._watch = threading.Thread(
+            target=self._supervise, name="posaudit-bookkeeper-watch", daemon=True
+        )
+        self._watch.start()
+
+    def _spawn(self) -> None:
+        level = logging.getLogger().getEffectiveLevel()
+        self._process = self._context.Process(
+            target=_bookkeeper_main,
+            args=(self.config, self.rpc_url, os.getpid(), level),
+            name="posaudit-bookkeeper",
+        )
+        self._process.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            self._process.join(timeout=0.5)
+            if self._process.is_alive() or self._stopping.is_set():
+                continue
+
+            log.error(
+                "bookkeeper process died; starting it again",
+                extra={"exitcode": self._process.exitcode},
+            )
+            if not self._stopping.wait(RESTART_DELAY):
+                self._spawn()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the child to finish its block and stop; kill it after ``timeout``."""
+        self._stopping.set()
+        if self._watch is not None:
+            self._watch.join()
+
+        if self._process is None or not self._process.is_alive():
+            return
+
+        self._process.terminate()
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def _bookkeeper_main(config: Config, rpc_url: str, parent: int, log_level: int) -> None:
+    """The child process of :class:`BookkeeperProcess`."""
+    _die_with(parent)
+    logging.basicConfig(level=log_level)
+    # Ctrl-C reaches the whole process group; the parent's SIGTERM stops this one
+    # between two blocks instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    service = Service(config, rpc_url)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
+    service.run_loop(publish=True)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when ``parent`` dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError) as err:
+        log.warning("bookkeeper will outlive a killed service", extra={"error": err})
+
+    # The parent may have died before prctl took effect.
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _account(

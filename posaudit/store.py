@@ -9,15 +9,21 @@ Before the bookkeeper sends a block it writes a submission (the header and the r
 ids), and after sending, the transaction hash: whatever point a crash interrupts, the
 next start finds out from the chain whether the block landed.
 
-Durability: WAL journal with ``synchronous=FULL``, so a record the store has accepted
-survives a crash of the process or of the machine.
+Durability: WAL journal with ``synchronous=FULL``, so a record the store has accepted,
+and a submission before its block is sent, survive a crash of the process or of the
+machine. Writes that the chain can tell again (a block saved, its audit noted, the
+network state) commit without waiting for the disk: in WAL mode a crash of the
+process keeps them, a crash of the machine may lose the last of them but never
+breaks the file, and the next durable commit makes them durable too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +31,12 @@ from typing import Any
 
 from posaudit.audittree import HASH_SIZE, AuditTree
 from posaudit.blocks import BlockHeader
-from posaudit.exceptions import RecordConflictError, RecordNotFoundError, StoreError
+from posaudit.exceptions import (
+    MonitorError,
+    RecordConflictError,
+    RecordNotFoundError,
+    StoreError,
+)
 from posaudit.records import SignedRecord, decode_record
 from posaudit.rules import StatusCode
 
@@ -72,9 +83,20 @@ CREATE TABLE IF NOT EXISTS repeats (
     code INTEGER NOT NULL,
     PRIMARY KEY (block_hash, leaf_index)
 );
+-- The network monitor's last snapshot, written by the bookkeeper's process for the
+-- gateway's GET /v1/network.
+CREATE TABLE IF NOT EXISTS network (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    snapshot TEXT NOT NULL,
+    written_at REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS records_in_outbox ON records (id) WHERE block_hash IS NULL;
 CREATE INDEX IF NOT EXISTS records_by_block ON records (block_hash, leaf_index);
 """
+
+# The outbox in arrival order. Left to itself, SQLite reads it through the index by
+# block and sorts it, all of it, on every query: 10 ms with 20,000 records waiting.
+_OUTBOX = "INDEXED BY records_in_outbox WHERE block_hash IS NULL"
 
 # Host parameters in one IN (...) list: SQLite allows 32,766 since 3.32, 999 before.
 _IDS_PER_QUERY = 500
@@ -108,6 +130,16 @@ class StoredRecord:
     leaf_index: int | None = None
     proof: tuple[bytes, ...] | None = None
     code: StatusCode | None = None
+
+
+@dataclass(frozen=True)
+class StoredLeaf:
+    """A record of a block as its audit needs it: its leaf, place, proof and code."""
+
+    leaf_index: int
+    leaf: bytes
+    proof: tuple[bytes, ...]
+    code: StatusCode
 
 
 @dataclass(frozen=True)
@@ -154,15 +186,22 @@ class Store:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``durable=False`` for writes the bookkeeper can
+        rebuild from the chain (see the module docs)."""
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-
-        self._db.execute("COMMIT")
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def add(self, signed: SignedRecord) -> tuple[StoredRecord, bool]:
         """Put a record in the outbox, once.
@@ -190,8 +229,54 @@ class Store:
             For each record, in order: the stored record and whether this call added
             it, or the conflict that kept it out. Conflicts do not stop the others.
         """
-        outcomes: list[tuple[StoredRecord, bool] | RecordConflictError] = []
+        outcomes = self._look_up(records)
+        new = [
+            signed
+            for signed, outcome in zip(records, outcomes, strict=True)
+            if outcome is None
+        ]
         now = time.time()
+        try:
+            with self._transaction() as db:
+                self._insert_all(db, new, now)
+        except sqlite3.IntegrityError:
+            # Another writer stored one of them since the look-up, or the batch holds
+            # a record twice: sort it out again, under the lock this time.
+            return self._add_each(records, now)
+
+        added = iter(new)
+        return [
+            (StoredRecord(signed=next(added), received_at=now), True)
+            if outcome is None
+            else outcome
+            for outcome in outcomes
+        ]
+
+    def _look_up(
+        self, records: Sequence[SignedRecord]
+    ) -> list[tuple[StoredRecord, bool] | RecordConflictError | None]:
+        """Each record's repeat or conflict in the store, None for a new one.
+
+        Read before the write lock is taken: in WAL mode reads never wait, and the
+        gateway then holds the lock, which the bookkeeper waits for, only while it
+        inserts (measured here: 5 ms instead of 9 ms for 1,000 records).
+        """
+        outcomes: list[tuple[StoredRecord, bool] | RecordConflictError | None] = []
+        for signed in records:
+            try:
+                existing = self._find_same(self._db, signed)
+            except RecordConflictError as err:
+                outcomes.append(err)
+                continue
+
+            outcomes.append(None if existing is None else (existing, False))
+
+        return outcomes
+
+    def _add_each(
+        self, records: Sequence[SignedRecord], now: float
+    ) -> list[tuple[StoredRecord, bool] | RecordConflictError]:
+        outcomes: list[tuple[StoredRecord, bool] | RecordConflictError] = []
         with self._transaction() as db:
             for signed in records:
                 try:
@@ -209,20 +294,13 @@ class Store:
 
         return outcomes
 
+    def _insert_all(
+        self, db: sqlite3.Connection, records: Sequence[SignedRecord], now: float
+    ) -> None:
+        db.executemany(_INSERT_RECORD, [_record_row(signed, now) for signed in records])
+
     def _insert(self, db: sqlite3.Connection, signed: SignedRecord, now: float) -> None:
-        record = signed.record
-        db.execute(
-            "INSERT INTO records (record_id, terminal_id, sequence, encoding,"
-            " signature, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                record.record_id,
-                record.terminal_id,
-                _sequence_key(record.sequence),
-                signed.encoding,
-                signed.signature,
-                now,
-            ),
-        )
+        db.execute(_INSERT_RECORD, _record_row(signed, now))
 
     def _find_same(
         self, db: sqlite3.Connection, signed: SignedRecord
@@ -251,8 +329,7 @@ class Store:
     def pending(self, limit: int) -> list[StoredRecord]:
         """The oldest ``limit`` records of the outbox that are in no block yet."""
         rows = self._db.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE block_hash IS NULL"
-            " ORDER BY id LIMIT ?",
+            f"SELECT {_RECORD_COLUMNS} FROM records {_OUTBOX} ORDER BY id LIMIT ?",
             (limit,),
         ).fetchall()
         return [_stored_record(row) for row in rows]
@@ -280,7 +357,9 @@ class Store:
             )
 
         proofs = tree.inclusion_proofs()
-        with self._transaction() as db:
+        # Not durable: if lost, the submission it deletes comes back with it, and
+        # the reconciliation finds the block on chain again.
+        with self._transaction(durable=False) as db:
             db.execute(
                 "DELETE FROM submissions WHERE block_hash = ?", (block.block_hash,)
             )
@@ -365,19 +444,20 @@ class Store:
             if self._find_same(db, signed) is None:
                 self._insert(db, signed, now)
 
-    def outbox_size(self) -> int:
-        """Number of records waiting for a block."""
+    def outbox_size(self, limit: int | None = None) -> int:
+        """Number of records waiting for a block; counting stops at ``limit``."""
         row = self._db.execute(
-            "SELECT COUNT(*) FROM records WHERE block_hash IS NULL"
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM records {_OUTBOX} LIMIT ?)",
+            (-1 if limit is None else limit,),
         ).fetchone()
         return int(row[0])
 
     def oldest_waiting_since(self) -> float | None:
-        """When the oldest record of the outbox arrived (Unix time), None if empty."""
+        """When the first record of the outbox arrived (Unix time), None if empty."""
         row = self._db.execute(
-            "SELECT MIN(received_at) FROM records WHERE block_hash IS NULL"
+            f"SELECT received_at FROM records {_OUTBOX} ORDER BY id LIMIT 1"
         ).fetchone()
-        return None if row[0] is None else float(row[0])
+        return None if row is None else float(row[0])
 
     def records_by_id(self, record_ids: Sequence[bytes]) -> list[StoredRecord]:
         """The records with these ids, in the order given.
@@ -456,7 +536,9 @@ class Store:
 
     def save_audit(self, block_hash: bytes, transaction_hash: bytes) -> None:
         """Note the transaction that completed a block's settlement."""
-        with self._transaction() as db:
+        # Not durable: if lost, the next start audits the block again, which the
+        # audit module answers with no change.
+        with self._transaction(durable=False) as db:
             db.execute(
                 "UPDATE blocks SET audit_transaction = ? WHERE block_hash = ?",
                 (transaction_hash, block_hash),
@@ -502,12 +584,81 @@ class Store:
         ).fetchall()
         return [_stored_record(row) for row in rows]
 
+    def block_leaves(self, block_hash: bytes) -> list[StoredLeaf]:
+        """The leaves of a block, in leaf order, read without decoding the records:
+        what an audit checks against the chain."""
+        rows = self._db.execute(
+            "SELECT encoding, signature, leaf_index, proof, code FROM records"
+            " WHERE block_hash = ? UNION ALL SELECT r.encoding, r.signature,"
+            " p.leaf_index, p.proof, p.code FROM repeats AS p JOIN records AS r"
+            " USING (record_id) WHERE p.block_hash = ? ORDER BY 3",
+            (block_hash, block_hash),
+        ).fetchall()
+        return [
+            StoredLeaf(
+                leaf_index=index,
+                leaf=encoding + hashlib.sha256(signature).digest(),
+                proof=_split_proof(proof),
+                code=StatusCode(code),
+            )
+            for encoding, signature, index, proof, code in rows
+        ]
+
+    def save_network(self, snapshot: Mapping[str, Any]) -> None:
+        """Keep the network monitor's snapshot, replacing the one before."""
+        with self._transaction(durable=False) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO network VALUES (1, ?, ?)",
+                (json.dumps(snapshot), time.time()),
+            )
+
     def unaudited_blocks(self) -> list[StoredBlock]:
         """Blocks whose settlement is not yet complete, oldest first."""
         rows = self._db.execute(
             "SELECT * FROM blocks WHERE audit_transaction IS NULL ORDER BY height"
         ).fetchall()
         return [StoredBlock(*row) for row in rows]
+
+
+_INSERT_RECORD = (
+    "INSERT INTO records (record_id, terminal_id, sequence, encoding, signature,"
+    " received_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _record_row(signed: SignedRecord, now: float) -> tuple[Any, ...]:
+    record = signed.record
+    return (
+        record.record_id,
+        record.terminal_id,
+        _sequence_key(record.sequence),
+        signed.encoding,
+        signed.signature,
+        now,
+    )
+
+
+def read_network(path: Path | str) -> dict[str, Any]:
+    """The network monitor's last snapshot in the store at ``path`` (read-only).
+
+    Raises:
+        MonitorError: The store holds none yet.
+    """
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT snapshot FROM network WHERE id = 1").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as err:
+        raise MonitorError(
+            f"Cannot read the network state from {path}: {err}."
+        ) from err
+
+    if row is None:
+        raise MonitorError(f"The network monitor has not reported to {path} yet.")
+
+    return dict(json.loads(row[0]))
 
 
 def _sequence_key(sequence: int) -> bytes:

@@ -35,7 +35,7 @@ from posaudit.exceptions import ChainError
 log = logging.getLogger(__name__)
 
 GAS_MARGIN = 1.2
-FIRST_POLL = 0.002
+FIRST_POLL = 0.005
 MAX_POLL = 0.1
 
 
@@ -174,7 +174,7 @@ class Sender:
                 )
 
             time.sleep(poll)
-            poll = min(poll * 2, MAX_POLL)
+            poll = min(poll * 1.25, MAX_POLL)
 
     def failure(self, call: Any, receipt: Receipt) -> str:
         """Why a mined ``call`` failed, as a sentence."""
