@@ -29,6 +29,7 @@ from web3.exceptions import TimeExhausted, TransactionNotFound
 
 from posaudit.audit import AuditClient
 from posaudit.audittree import AuditTree, leaf_hash, root_from_inclusion_proof
+from posaudit.blocks import BlockHeader
 from posaudit.exceptions import (
     AuditError,
     AuditTreeError,
@@ -99,6 +100,21 @@ class BatchPolicy:
             return size
 
         return waiting if oldest_age >= self.flush_timeout else 0
+
+
+@dataclass(frozen=True)
+class PreparedBlock:
+    """A block built from the outbox and noted as a submission, not yet sent."""
+
+    header: BlockHeader
+    records: tuple[SignedRecord, ...]
+
+
+@dataclass(frozen=True)
+class SentBlock(PreparedBlock):
+    """A block whose append transaction is sent."""
+
+    transaction_hash: bytes
 
 
 @dataclass(frozen=True)
@@ -188,33 +204,84 @@ class Bookkeeper:
             ChainError: The node or the Ledger refused; the records stay in the
                 outbox.
         """
-        pending = self.store.pending(min(count, self._size_cap or count))
+        prepared = self.prepare(count)
+        if prepared is None:
+            return None
+
+        return self.finish(self.send(prepared))
+
+    def prepare(
+        self, count: int, after: SentBlock | None = None
+    ) -> PreparedBlock | None:
+        """Build the next block from the outbox and note it as a submission.
+
+        Args:
+            count: Records to take, the oldest first.
+            after: A block sent and not yet mined: the new one takes the records
+                after its own and links to it, so that it is ready to go as soon as
+                that one is on chain.
+
+        Returns:
+            None when no record waits.
+        """
+        skip = 0 if after is None else len(after.records)
+        pending = self.store.pending(min(count, self._size_cap or count), skip)
         if not pending:
             return None
 
-        records = [stored.signed for stored in pending]
-        header = self.ledger.build_block(records, self._tip)
-        self._tip = None
-        from_block = int(self.ledger.w3.eth.block_number)
+        records = tuple(stored.signed for stored in pending)
+        from_block, now = self.ledger.chain_head()
+        tip = self._tip if after is None else Tip.after(after.header)
+        header = self.ledger.build_block(records, tip, now)
         ids = [signed.record.record_id for signed in records]
         self.store.begin_submission(header, ids, from_block)
+        return PreparedBlock(header, records)
+
+    def send(self, prepared: PreparedBlock) -> SentBlock:
+        """Send a prepared block's append transaction, without waiting for it.
+
+        Raises:
+            ChainError: The node refused it; the submission is dropped.
+        """
+        header, records = prepared.header, prepared.records
         try:
             gas = self.append_gas(len(records))
             transaction_hash = self.ledger.send_block(header, records, gas)
-            self.store.note_transaction(header.block_hash, transaction_hash)
-            appended = self.ledger.block_result(header, records, transaction_hash)
+        except ChainError:
+            self.discard(prepared)
+            raise
+
+        self.store.note_transaction(header.block_hash, transaction_hash)
+        return SentBlock(header, records, transaction_hash)
+
+    def finish(self, sent: SentBlock) -> AppendResult:
+        """Wait for a sent block, then store it with every record's outcome and
+        proof.
+
+        Raises:
+            ChainError: It reverted; the submission is dropped and the records wait
+                for the next block (after an out-of-gas, a block of half the size).
+        """
+        self._tip = None
+        try:
+            appended = self.ledger.block_result(
+                sent.header, sent.records, sent.transaction_hash
+            )
         except ChainError as err:
-            # Refused before sending, or reverted when mined: nothing changed on
-            # chain, and the records wait for the next block.
-            self.store.drop_submission(header.block_hash)
+            self.discard(sent)
             if isinstance(err, BlockOutOfGasError):
-                self._shrink(len(records))
+                self._shrink(len(sent.records))
             raise
 
         self._size_cap = None
-        self._tip = Tip.after(header)
-        self._save(appended, records)
+        self._tip = Tip.after(sent.header)
+        self._save(appended, sent.records)
         return appended
+
+    def discard(self, block: PreparedBlock) -> None:
+        """Forget a block that will never be on chain; its records stay in the
+        outbox."""
+        self.store.drop_submission(block.header.block_hash)
 
     def _shrink(self, size: int) -> None:
         if size == 1:

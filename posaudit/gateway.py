@@ -46,6 +46,7 @@ import asyncio
 import logging
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -110,6 +111,12 @@ from posaudit.upload import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Seconds a thread of the gateway may hold the GIL while others wait (Python's default
+# is 0.005). The store's writer gives the GIL up around every SQLite call and waited
+# up to that long to get it back each time, holding the store's write lock, which the
+# bookkeeper then waited for.
+SWITCH_INTERVAL = 0.0005
 
 NetworkSnapshot = Callable[[], Mapping[str, Any]]
 """Returns the network monitor's state as a JSON-ready mapping, e.g.
@@ -1062,6 +1069,7 @@ _HTTP_ERRORS = {
 
 def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     """Run ``app`` with uvicorn until interrupted (Ctrl-C or SIGTERM)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     uvicorn.Server(_server_config(app, host=host, port=port, log_level=log_level)).run()
 
 

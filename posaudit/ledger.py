@@ -210,16 +210,29 @@ class LedgerClient:
         target = int(self.ledger.functions.target().call())
         return Tip(prev_hash, parent.timestamp, target)
 
+    def chain_head(self) -> tuple[int, int]:
+        """Number and time of the node's latest chain block."""
+        block = self.w3.provider.make_request(  # type: ignore[arg-type]
+            "eth_getBlockByNumber", ["latest", False]
+        )["result"]
+        return int(block["number"], 16), int(block["timestamp"], 16)
+
     def build_block(
-        self, records: Sequence[SignedRecord], tip: Tip | None = None
+        self,
+        records: Sequence[SignedRecord],
+        tip: Tip | None = None,
+        now: int | None = None,
     ) -> BlockHeader:
         """The header of the next block for ``records``, its nonce searched.
 
-        It links to ``tip`` (read from the Ledger when omitted) and takes the chain's
-        latest block time.
+        Args:
+            records: The block's records, in leaf order.
+            tip: The head it links to; read from the Ledger when omitted.
+            now: The chain's latest block time; asked of the node when omitted.
         """
         tip = tip or self.tip()
-        now = int(self.w3.eth.get_block("latest")["timestamp"])
+        if now is None:
+            _, now = self.chain_head()
         leaves = [signed.leaf for signed in records]
         return build_header(tip.block_hash, leaves, max(now, tip.timestamp), tip.target)
 

@@ -256,6 +256,22 @@ class SignedRecord:
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoding", encode_record(self.record))
 
+    @classmethod
+    def from_encoding(cls, encoding: bytes, signature: bytes) -> SignedRecord:
+        """A signed record from its stored bytes, decoded (and checked) once and
+        not encoded again.
+
+        Raises:
+            EncodingError: ``encoding`` is not a record.
+            FieldRangeError: A decoded field is out of range.
+        """
+        signed = cls.__new__(cls)
+        # What the dataclass's own __init__ does, minus the encoding we already have.
+        object.__setattr__(signed, "record", decode_record(encoding))
+        object.__setattr__(signed, "signature", signature)
+        object.__setattr__(signed, "encoding", encoding)
+        return signed
+
     @property
     def leaf(self) -> bytes:
         """The audit-tree leaf data: encoding followed by SHA-256 of the signature."""

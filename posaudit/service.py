@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from posaudit.audit import AuditClient
-from posaudit.bookkeeper import BatchPolicy, Bookkeeper
+from posaudit.bookkeeper import BatchPolicy, Bookkeeper, PreparedBlock, SentBlock
 from posaudit.chain.deploy import Deployment
 from posaudit.config import Config
 from posaudit.exceptions import ChainError
@@ -47,6 +47,8 @@ PUBLISH_INTERVAL = 0.5
 RESTART_DELAY = 1.0
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class CongestionSource(Protocol):
@@ -201,9 +203,16 @@ class BookkeeperLoop:
         self.clock = clock
         self.auditor = auditor
         self.stats = LoopStats()
+        # The monitor's verdict each block was built under, until it is on chain.
+        self._congested: dict[bytes, bool] = {}
 
     def run(self, stop: threading.Event) -> None:
-        """Reconcile, then build blocks until ``stop`` is set."""
+        """Reconcile, then build blocks until ``stop`` is set.
+
+        Each block is sent as soon as the one before is on chain: the next one is
+        built, and written down as a submission, while the node mines the current
+        one, instead of after it.
+        """
         self.bookkeeper.reconcile()
         worker = None
         if self.auditor is not None:
@@ -212,10 +221,18 @@ class BookkeeperLoop:
             )
             worker.start()
 
+        ready: PreparedBlock | None = None
         while not stop.is_set():
-            if not self.run_once():
+            if ready is None:
+                ready = self._guarded(lambda: self._next_block(None))
+            if ready is None:
                 stop.wait(self.idle)
+                continue
 
+            ready = self._advance(ready)
+
+        if ready is not None:
+            self.bookkeeper.discard(ready)
         if worker is not None:
             worker.join()
 
@@ -225,39 +242,74 @@ class BookkeeperLoop:
         Returns:
             Whether a block was put on chain.
         """
-        store = self.bookkeeper.store
-        try:
-            self.monitor.tick()
-            waiting = store.outbox_size(self.policy.max_block_records)
-            since = store.oldest_waiting_since()
-            age = 0.0 if since is None else self.clock() - since
-            congested = self.monitor.congested
-            size = self.policy.records_to_take(waiting, age, congested)
-            if size == 0:
-                return False
+        ready = self._guarded(lambda: self._next_block(None))
+        if ready is None:
+            return False
 
-            appended = self._settle(size)
+        sent = self._guarded(lambda: self.bookkeeper.send(ready))
+        return sent is not None and self._finish(sent) is not None
+
+    def _advance(self, ready: PreparedBlock) -> PreparedBlock | None:
+        """Send ``ready``, build the block after it while it is mined, finish it.
+
+        Returns:
+            The block after it, built and not sent; None if none was due or the
+            chain refused ``ready`` (the block after would link to it).
+        """
+        sent = self._guarded(lambda: self.bookkeeper.send(ready))
+        if sent is None:
+            return None
+
+        following = self._guarded(lambda: self._next_block(sent))
+        if self._finish(sent) is None:
+            if following is not None:
+                self.bookkeeper.discard(following)
+                self._congested.pop(following.header.block_hash, None)
+            return None
+
+        return following
+
+    def _next_block(self, after: SentBlock | None) -> PreparedBlock | None:
+        """The next block the policy wants, built from the outbox past ``after``."""
+        store = self.bookkeeper.store
+        skip = 0 if after is None else len(after.records)
+        self.monitor.tick()
+        waiting = store.outbox_size(skip + self.policy.max_block_records) - skip
+        since = store.oldest_waiting_since(skip)
+        age = 0.0 if since is None else self.clock() - since
+        congested = self.monitor.congested
+        size = self.policy.records_to_take(waiting, age, congested)
+        if size == 0:
+            return None
+
+        prepared = self.bookkeeper.prepare(size, after)
+        if prepared is not None:
+            self._congested[prepared.header.block_hash] = congested
+        return prepared
+
+    def _finish(self, sent: SentBlock) -> AppendResult | None:
+        appended = self._guarded(lambda: self.bookkeeper.finish(sent))
+        if appended is None:
+            self._congested.pop(sent.header.block_hash, None)
+            return None
+
+        if self.auditor is not None:
+            self.auditor.submit(appended)
+        else:
+            self._guarded(lambda: self.bookkeeper.audit(appended.block_hash, appended))
+        congested = self._congested.pop(appended.block_hash, False)
+        self._count(appended.header.record_count, congested)
+        return appended
+
+    def _guarded(self, work: Callable[[], T]) -> T | None:
+        """``work()``, or None when the chain refused: its records stay in the
+        outbox, and the next round tries again."""
+        try:
+            return work()
         except ChainError as err:
-            # The records stay in the outbox; the next round tries again.
             self.stats.failures += 1
             log.warning("block not settled", extra={"error": str(err)})
-            return False
-
-        if appended is None:
-            return False
-
-        self._count(appended.header.record_count, congested)
-        return True
-
-    def _settle(self, size: int) -> AppendResult | None:
-        if self.auditor is None:
-            done = self.bookkeeper.step(size)
-            return None if done is None else done[0]
-
-        appended = self.bookkeeper.append_next(size)
-        if appended is not None:
-            self.auditor.submit(appended)
-        return appended
+            return None
 
     def _count(self, size: int, congested: bool) -> None:
         self.stats.blocks += 1

@@ -37,7 +37,7 @@ from posaudit.exceptions import (
     RecordNotFoundError,
     StoreError,
 )
-from posaudit.records import SignedRecord, decode_record
+from posaudit.records import SignedRecord
 from posaudit.rules import StatusCode
 
 _SCHEMA = """
@@ -191,7 +191,7 @@ class Store:
         rebuild from the chain (see the module docs)."""
         if not durable:
             self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield self._db
         except BaseException:
@@ -202,6 +202,37 @@ class Store:
         finally:
             if not durable:
                 self._db.execute("PRAGMA synchronous=FULL")
+
+    def _begin(self) -> None:
+        """Take the write lock, asking again every ``_LOCK_POLL`` seconds while
+        another connection holds it.
+
+        SQLite's own busy handler sleeps ever longer between tries, up to 100 ms at a
+        time: measured here while the gateway stored batches, it kept the bookkeeper
+        waiting 1.3 s of a 4 s run, though the lock was free half of the time.
+
+        Raises:
+            StoreError: The lock stayed taken for ``_LOCK_TIMEOUT`` seconds.
+        """
+        self._db.execute("PRAGMA busy_timeout=0")
+        deadline = time.monotonic() + _LOCK_TIMEOUT
+        try:
+            while True:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as err:
+                    if not _is_locked(err):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"The store {self.path} stayed locked by another writer"
+                            f" for {_LOCK_TIMEOUT:g} s."
+                        ) from err
+
+                time.sleep(_LOCK_POLL)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
 
     def add(self, signed: SignedRecord) -> tuple[StoredRecord, bool]:
         """Put a record in the outbox, once.
@@ -236,9 +267,11 @@ class Store:
             if outcome is None
         ]
         now = time.time()
+        statements = _insert_statements(new, now)
         try:
             with self._transaction() as db:
-                self._insert_all(db, new, now)
+                for statement, values in statements:
+                    db.execute(statement, values)
         except sqlite3.IntegrityError:
             # Another writer stored one of them since the look-up, or the batch holds
             # a record twice: sort it out again, under the lock this time.
@@ -294,13 +327,10 @@ class Store:
 
         return outcomes
 
-    def _insert_all(
-        self, db: sqlite3.Connection, records: Sequence[SignedRecord], now: float
-    ) -> None:
-        db.executemany(_INSERT_RECORD, [_record_row(signed, now) for signed in records])
-
     def _insert(self, db: sqlite3.Connection, signed: SignedRecord, now: float) -> None:
-        db.execute(_INSERT_RECORD, _record_row(signed, now))
+        db.execute(
+            f"{_INSERT_RECORD} VALUES (?, ?, ?, ?, ?, ?)", _record_row(signed, now)
+        )
 
     def _find_same(
         self, db: sqlite3.Connection, signed: SignedRecord
@@ -326,11 +356,12 @@ class Store:
 
         return None
 
-    def pending(self, limit: int) -> list[StoredRecord]:
-        """The oldest ``limit`` records of the outbox that are in no block yet."""
+    def pending(self, limit: int, skip: int = 0) -> list[StoredRecord]:
+        """The oldest ``limit`` records of the outbox, after its first ``skip``."""
         rows = self._db.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM records {_OUTBOX} ORDER BY id LIMIT ?",
-            (limit,),
+            f"SELECT {_RECORD_COLUMNS} FROM records {_OUTBOX} ORDER BY id"
+            " LIMIT ? OFFSET ?",
+            (limit, skip),
         ).fetchall()
         return [_stored_record(row) for row in rows]
 
@@ -452,10 +483,12 @@ class Store:
         ).fetchone()
         return int(row[0])
 
-    def oldest_waiting_since(self) -> float | None:
-        """When the first record of the outbox arrived (Unix time), None if empty."""
+    def oldest_waiting_since(self, skip: int = 0) -> float | None:
+        """When the first record of the outbox, after its first ``skip``, arrived
+        (Unix time); None if there is none."""
         row = self._db.execute(
-            f"SELECT received_at FROM records {_OUTBOX} ORDER BY id LIMIT 1"
+            f"SELECT received_at FROM records {_OUTBOX} ORDER BY id LIMIT 1 OFFSET ?",
+            (skip,),
         ).fetchone()
         return None if row is None else float(row[0])
 
@@ -620,10 +653,18 @@ class Store:
         return [StoredBlock(*row) for row in rows]
 
 
+# Seconds between two tries for the write lock, and before giving up; milliseconds
+# other statements wait for a lock (SQLite's own handler; reads in WAL mode rarely do).
+_LOCK_POLL = 0.0005
+_LOCK_TIMEOUT = 30.0
+_BUSY_TIMEOUT_MS = 5_000
+
 _INSERT_RECORD = (
     "INSERT INTO records (record_id, terminal_id, sequence, encoding, signature,"
-    " received_at) VALUES (?, ?, ?, ?, ?, ?)"
+    " received_at)"
 )
+# Records in one INSERT statement: 6 values each, under SQLite's 32,766 parameters.
+_ROWS_PER_INSERT = 500
 
 
 def _record_row(signed: SignedRecord, now: float) -> tuple[Any, ...]:
@@ -635,6 +676,31 @@ def _record_row(signed: SignedRecord, now: float) -> tuple[Any, ...]:
         signed.encoding,
         signed.signature,
         now,
+    )
+
+
+def _insert_statements(
+    records: Sequence[SignedRecord], now: float
+) -> list[tuple[str, list[Any]]]:
+    """INSERT statements of up to ``_ROWS_PER_INSERT`` records each, with their values.
+
+    One statement of many rows rather than one execution per row: sqlite3 gives up
+    the GIL around every execution, and in a busy gateway each one waited to get it
+    back, which kept the store locked for 23 ms per 1,000 records instead of 5.
+    """
+    statements = []
+    for start in range(0, len(records), _ROWS_PER_INSERT):
+        chunk = records[start : start + _ROWS_PER_INSERT]
+        values = [value for signed in chunk for value in _record_row(signed, now)]
+        rows = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+        statements.append((f"{_INSERT_RECORD} VALUES {rows}", values))
+
+    return statements
+
+
+def _is_locked(err: sqlite3.OperationalError) -> bool:
+    return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or (
+        "locked" in str(err)
     )
 
 
@@ -670,7 +736,7 @@ def _sequence_key(sequence: int) -> bytes:
 def _stored_record(row: tuple[Any, ...]) -> StoredRecord:
     encoding, signature, received_at, block_hash, leaf_index, proof, code = row
     return StoredRecord(
-        signed=SignedRecord(decode_record(encoding), signature),
+        signed=SignedRecord.from_encoding(encoding, signature),
         received_at=received_at,
         block_hash=block_hash,
         leaf_index=leaf_index,

@@ -41,7 +41,12 @@ MAX_POLL = 0.1
 
 @dataclass(frozen=True)
 class Receipt:
-    """A mined transaction, as the node reported it; logs stay raw JSON-RPC logs."""
+    """A mined transaction, as the node reported it; logs stay raw JSON-RPC logs.
+
+    Attributes:
+        gas_limit: The transaction's gas limit when it failed; its gas used when it
+            succeeded (the limit then tells nothing).
+    """
 
     transaction_hash: bytes
     block_number: int
@@ -162,10 +167,9 @@ class Sender:
                 "eth_getTransactionReceipt", ["0x" + transaction_hash.hex()]
             ).get("result")
             if found:
-                transaction = self.w3.provider.make_request(  # type: ignore[arg-type]
-                    "eth_getTransactionByHash", ["0x" + transaction_hash.hex()]
-                )["result"]
-                return Receipt.from_json(found, int(transaction["gas"], 16))
+                return Receipt.from_json(
+                    found, self._gas_limit(found, transaction_hash)
+                )
 
             if time.monotonic() > deadline:
                 raise ChainError(
@@ -175,6 +179,17 @@ class Sender:
 
             time.sleep(poll)
             poll = min(poll * 1.25, MAX_POLL)
+
+    def _gas_limit(self, receipt: Mapping[str, Any], transaction_hash: bytes) -> int:
+        """The gas limit of a mined transaction; asked of the node only when it
+        failed, where it tells an out-of-gas from a revert."""
+        if int(receipt["status"], 16) == 1:
+            return int(receipt["gasUsed"], 16)
+
+        transaction = self.w3.provider.make_request(  # type: ignore[arg-type]
+            "eth_getTransactionByHash", ["0x" + transaction_hash.hex()]
+        )["result"]
+        return int(transaction["gas"], 16)
 
     def failure(self, call: Any, receipt: Receipt) -> str:
         """Why a mined ``call`` failed, as a sentence."""
@@ -192,8 +207,10 @@ class Sender:
     def _params(self, call: Any, gas: int | None) -> dict[str, Any]:
         # Our own count keeps two sends in flight apart; the node's pending count
         # covers transactions sent from the same account by anyone else.
-        pending = self.w3.eth.get_transaction_count(self.address, "pending")
-        self._nonce = max(self._nonce or 0, pending)
+        pending = self.w3.provider.make_request(  # type: ignore[arg-type]
+            "eth_getTransactionCount", [self.address, "pending"]
+        )["result"]
+        self._nonce = max(self._nonce or 0, int(pending, 16))
         if gas is None:
             gas = self._estimate(call)
 
