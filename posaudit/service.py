@@ -25,14 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from web3.exceptions import Web3Exception
 
 from posaudit.audit import AuditClient
 from posaudit.bookkeeper import BatchPolicy, Bookkeeper, PreparedBlock, SentBlock
 from posaudit.chain.deploy import Deployment
 from posaudit.config import Config
-from posaudit.exceptions import ChainError
+from posaudit.exceptions import ChainError, RecordNotFoundError
 from posaudit.gateway import create_chain_app, serve
 from posaudit.ledger import AppendResult, LedgerClient
 from posaudit.monitor import NetworkMonitor, counting_connect, ledger_height, traffic_of
@@ -49,6 +51,9 @@ RESTART_DELAY = 1.0
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# What a node that fails, restarts or refuses raises: the loop survives them all.
+NODE_ERRORS = (ChainError, requests.RequestException, Web3Exception)
 
 
 class CongestionSource(Protocol):
@@ -148,13 +153,19 @@ class AuditWorker:
     def _audit(
         self, bookkeeper: Bookkeeper, appended: AppendResult, stop: threading.Event
     ) -> None:
+        block = appended.block_hash.hex()
         while not stop.is_set():
             try:
                 bookkeeper.audit(appended.block_hash, appended)
-            except ChainError as err:
+            except RecordNotFoundError:
+                # A reconciliation found the node without the block and put its
+                # records back in the outbox: there is nothing left to audit.
+                log.warning("block gone before its audit", extra={"block_hash": block})
+                return
+            except NODE_ERRORS as err:
                 log.warning(
                     "block audit failed; trying again",
-                    extra={"block_hash": appended.block_hash.hex(), "error": str(err)},
+                    extra={"block_hash": block, "error": str(err)},
                 )
                 stop.wait(self.retry_delay)
                 continue
@@ -205,6 +216,8 @@ class BookkeeperLoop:
         self.stats = LoopStats()
         # The monitor's verdict each block was built under, until it is on chain.
         self._congested: dict[bytes, bool] = {}
+        # Set by a failure: reconcile before the next block.
+        self._failed = False
 
     def run(self, stop: threading.Event) -> None:
         """Reconcile, then build blocks until ``stop`` is set.
@@ -213,7 +226,8 @@ class BookkeeperLoop:
         built, and written down as a submission, while the node mines the current
         one, instead of after it.
         """
-        self.bookkeeper.reconcile()
+        # The first round reconciles: a restart finishes what a crash left.
+        self._failed = True
         worker = None
         if self.auditor is not None:
             worker = threading.Thread(
@@ -223,7 +237,9 @@ class BookkeeperLoop:
 
         ready: PreparedBlock | None = None
         while not stop.is_set():
-            if ready is None:
+            if ready is None and self._failed:
+                self._failed = self._guarded(self.bookkeeper.reconcile) is None
+            if ready is None and not self._failed:
                 ready = self._guarded(lambda: self._next_block(None))
             if ready is None:
                 stop.wait(self.idle)
@@ -302,12 +318,18 @@ class BookkeeperLoop:
         return appended
 
     def _guarded(self, work: Callable[[], T]) -> T | None:
-        """``work()``, or None when the chain refused: its records stay in the
-        outbox, and the next round tries again."""
+        """``work()``, or None when the node failed or refused.
+
+        The records stay in the outbox, and the loop reconciles the store with the
+        chain before its next block: a node restarted from an older state, or
+        rolled back, has lost blocks the store holds, and their records must go
+        on chain again.
+        """
         try:
             return work()
-        except ChainError as err:
+        except NODE_ERRORS as err:
             self.stats.failures += 1
+            self._failed = True
             log.warning("block not settled", extra={"error": str(err)})
             return None
 
