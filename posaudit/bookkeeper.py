@@ -22,6 +22,7 @@ half the records.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,6 +101,17 @@ class BatchPolicy:
             return size
 
         return waiting if oldest_age >= self.flush_timeout else 0
+
+    def due_in(self, waiting: int, oldest_age: float, congested: bool) -> float:
+        """Seconds until :meth:`records_to_take` could say otherwise without another
+        record arriving: until the oldest record's flush timeout, or forever."""
+        if self.records_to_take(waiting, oldest_age, congested):
+            return 0.0
+
+        if waiting and congested:
+            return max(0.0, self.flush_timeout - oldest_age)
+
+        return float("inf")
 
 
 @dataclass(frozen=True)
@@ -370,6 +382,7 @@ class Bookkeeper:
             transaction_hash=appended.transaction_hash,
             timestamp=appended.header.timestamp,
             audit_transaction=None,
+            appended_at=time.time(),
         )
         codes = [outcome.code for outcome in appended.outcomes]
         self.store.save_block(block, records, tree, codes)

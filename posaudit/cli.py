@@ -149,8 +149,10 @@ def _balances_table(result: DemoResult) -> Table:
     help="Where to write the figures.",
 )
 def bench(out: Path) -> None:
-    """Measure append and proof-verification gas on anvil from real receipts."""
+    """Measure every figure of the brief beside its baseline: gas from real receipts
+    on anvil, the audit tree and RSA checks, end-to-end settlement."""
     from posaudit.bench import run_bench
+    from posaudit.bench_report import format_value, markdown, rows
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking", total=None)
@@ -158,9 +160,18 @@ def bench(out: Path) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
-    table = Table(title=f"Benchmark ({out})")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
+    report = out.with_suffix(".md")
+    report.write_text(markdown(figures))
+    every = Table(title=f"Figures ({out})")
+    every.add_column("figure")
+    every.add_column("value", justify="right")
     for name, value in figures.items():
-        table.add_row(name, f"{value:,}" if isinstance(value, int) else f"{value:.3f}")
-    console.print(table)
+        every.add_row(name, format_value(value))
+    wide = Console(width=max(console.width, 150))
+    wide.print(every)
+    verdict = Table(title=f"Against the brief's targets ({report})")
+    for column in ("figure", "value", "baseline (same run)", "ratio", "target", "met"):
+        verdict.add_column(column)
+    for row in rows(figures):
+        verdict.add_row(*row)
+    wide.print(verdict)

@@ -218,6 +218,8 @@ class BookkeeperLoop:
         self._congested: dict[bytes, bool] = {}
         # Set by a failure: reconcile before the next block.
         self._failed = False
+        # Seconds until the policy may want a block with the records waiting now.
+        self._due_in = idle
 
     def run(self, stop: threading.Event) -> None:
         """Reconcile, then build blocks until ``stop`` is set.
@@ -242,7 +244,9 @@ class BookkeeperLoop:
             if ready is None and not self._failed:
                 ready = self._guarded(lambda: self._next_block(None))
             if ready is None:
-                stop.wait(self.idle)
+                # Wake at the oldest record's flush timeout rather than up to one
+                # idle period after it: that wait is part of every latency.
+                stop.wait(min(self.idle, self._due_in))
                 continue
 
             ready = self._advance(ready)
@@ -295,6 +299,7 @@ class BookkeeperLoop:
         age = 0.0 if since is None else self.clock() - since
         congested = self.monitor.congested
         size = self.policy.records_to_take(waiting, age, congested)
+        self._due_in = self.policy.due_in(waiting, age, congested)
         if size == 0:
             return None
 

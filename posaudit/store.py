@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     chain_block INTEGER NOT NULL,
     transaction_hash BLOB NOT NULL,
     timestamp INTEGER NOT NULL,
-    audit_transaction BLOB
+    audit_transaction BLOB,
+    appended_at REAL
 );
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY,
@@ -118,6 +119,9 @@ class StoredBlock:
     transaction_hash: bytes
     timestamp: int
     audit_transaction: bytes | None
+    appended_at: float | None = None
+    """Unix time the bookkeeper read the append receipt (or found the block on
+    chain at a restart); None in stores written before it was kept."""
 
 
 @dataclass(frozen=True)
@@ -172,8 +176,15 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
         except sqlite3.DatabaseError as err:
             raise StoreError(f"Cannot open the store {self.path}: {err}.") from err
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store written by an older version up to the schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(blocks)")}
+        if "appended_at" not in columns:
+            self._db.execute("ALTER TABLE blocks ADD COLUMN appended_at REAL")
 
     def close(self) -> None:
         """Close the database."""
@@ -395,7 +406,7 @@ class Store:
                 "DELETE FROM submissions WHERE block_hash = ?", (block.block_hash,)
             )
             db.execute(
-                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     block.block_hash,
                     block.height,
@@ -405,6 +416,7 @@ class Store:
                     block.transaction_hash,
                     block.timestamp,
                     block.audit_transaction,
+                    block.appended_at,
                 ),
             )
             self._add_missing(db, records)

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from posaudit.exceptions import GatewayUnavailableError, UploadRejectedError
 from posaudit.records import Domain, SignedRecord
 from posaudit.terminal import TerminalClient
+from posaudit.upload import MAX_BATCH_RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,9 @@ class _Terminal(threading.Thread):
                 due.append(sends[position])
                 position += 1
 
-            self._upload(due, now)
+            # A gateway takes at most MAX_BATCH_RECORDS records in one upload.
+            for start in range(0, len(due), MAX_BATCH_RECORDS):
+                self._upload(due[start : start + MAX_BATCH_RECORDS], now)
 
     def _upload(self, due: Sequence[Send], sent: float) -> None:
         try:

@@ -171,3 +171,12 @@ class TestBatchPolicy:
 
     def test_empty_outbox_sends_nothing(self):
         assert self.policy.records_to_take(0, 99.0, congested=True) == 0
+
+    def test_waiting_records_are_due_at_their_flush_timeout(self):
+        assert self.policy.due_in(3, 0.5, congested=True) == 1.5
+
+    def test_a_block_that_can_go_is_due_now(self):
+        assert self.policy.due_in(6, 0.0, congested=True) == 0.0
+
+    def test_an_empty_outbox_is_never_due(self):
+        assert self.policy.due_in(0, 0.0, congested=True) == float("inf")

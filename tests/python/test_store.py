@@ -254,3 +254,25 @@ def test_file_that_is_no_database_is_named(tmp_path):
 
 def _tree(records: list[SignedRecord]) -> AuditTree:
     return AuditTree.from_leaves(r.leaf for r in records)
+
+
+def test_store_of_an_older_version_gains_the_appended_at_column(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE blocks (block_hash BLOB PRIMARY KEY, height INTEGER NOT NULL"
+        " UNIQUE, records_root BLOB NOT NULL, record_count INTEGER NOT NULL,"
+        " chain_block INTEGER NOT NULL, transaction_hash BLOB NOT NULL, timestamp"
+        " INTEGER NOT NULL, audit_transaction BLOB)"
+    )
+    db.execute(
+        "INSERT INTO blocks VALUES (?, 1, ?, 1, 5, ?, 7, NULL)", (b"\1" * 32,) * 3
+    )
+    db.commit()
+    db.close()
+
+    with Store(path) as store:
+        (block,) = store.blocks()
+
+    assert block.height == 1
+    assert block.appended_at is None
