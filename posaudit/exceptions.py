@@ -90,7 +90,11 @@ class BlockRejectedError(ChainError):
     """The Ledger refused a settlement block (a custom error from the contract)."""
 
 
-class BlockOutOfGasError(BlockRejectedError):
+class OutOfGasError(ChainError):
+    """A transaction needed more gas than it was given; it changed nothing."""
+
+
+class BlockOutOfGasError(BlockRejectedError, OutOfGasError):
     """A settlement block needed more gas than its transaction was given."""
 
 

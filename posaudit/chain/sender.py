@@ -30,7 +30,7 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError, Web3Exception, Web3RPCError
 
 from posaudit.chain.deploy import decode_error, revert_reason
-from posaudit.exceptions import ChainError
+from posaudit.exceptions import ChainError, OutOfGasError
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ class Sender:
         transaction_hash = self.send(call, gas)
         receipt = self.wait(transaction_hash, timeout)
         if receipt.status != 1:
-            raise ChainError(self.failure(call, receipt))
+            failure = OutOfGasError if receipt.out_of_gas else ChainError
+            raise failure(self.failure(call, receipt))
 
         return receipt
 
