@@ -64,8 +64,8 @@ MUTANTS = (
     Mutant(
         "append-unguarded",
         "Ledger.sol",
-        r"\n[ \t]*onlyRole\(BOOKKEEPER_ROLE\)",
-        "",
+        r"(function appendBlock\([^)]*\)\s*external)\s*onlyRole\(BOOKKEEPER_ROLE\)",
+        r"\1",
         "anyone may append blocks (onlyRole on appendBlock removed)",
     ),
     Mutant(
