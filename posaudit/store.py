@@ -303,12 +303,22 @@ class Store:
 
         Read before the write lock is taken: in WAL mode reads never wait, and the
         gateway then holds the lock, which the bookkeeper waits for, only while it
-        inserts (measured here: 5 ms instead of 9 ms for 1,000 records).
+        inserts (measured here: 5 ms instead of 9 ms for 1,000 records). The store
+        is asked once per ``_IDS_PER_QUERY`` records, not once per record.
         """
+        found: dict[object, list[StoredRecord]] = {}
+        for start in range(0, len(records), _IDS_PER_QUERY):
+            for stored in self._stored_like(records[start : start + _IDS_PER_QUERY]):
+                record = stored.signed.record
+                for key in (record.record_id, record.key):
+                    found.setdefault(key, []).append(stored)
+
         outcomes: list[tuple[StoredRecord, bool] | RecordConflictError | None] = []
         for signed in records:
+            record = signed.record
+            same = found.get(record.record_id, []) + found.get(record.key, [])
             try:
-                existing = self._find_same(self._db, signed)
+                existing = _same_record(signed, same)
             except RecordConflictError as err:
                 outcomes.append(err)
                 continue
@@ -316,6 +326,32 @@ class Store:
             outcomes.append(None if existing is None else (existing, False))
 
         return outcomes
+
+    def _stored_like(self, records: Sequence[SignedRecord]) -> list[StoredRecord]:
+        """The stored records that share an id, or a terminal and sequence, with one
+        of ``records``."""
+        ids = [signed.record.record_id for signed in records]
+        keys = [
+            value
+            for signed in records
+            for value in (
+                signed.record.terminal_id,
+                _sequence_key(signed.record.sequence),
+            )
+        ]
+        # A join with the wanted pairs, which SQLite looks up in the unique index
+        # of (terminal_id, sequence); "IN (VALUES ...)" would scan the table.
+        columns = ", ".join(f"r.{name}" for name in _RECORD_COLUMNS.split(", "))
+        rows = self._db.execute(
+            f"WITH wanted (terminal_id, sequence) AS"
+            f" (VALUES {', '.join(['(?, ?)'] * len(records))})"
+            f" SELECT {columns} FROM wanted CROSS JOIN records AS r"
+            " ON r.terminal_id = wanted.terminal_id AND r.sequence = wanted.sequence"
+            f" UNION SELECT {_RECORD_COLUMNS} FROM records WHERE record_id IN"
+            f" ({', '.join('?' * len(ids))})",
+            [*keys, *ids],
+        ).fetchall()
+        return [_stored_record(row) for row in rows]
 
     def _add_each(
         self, records: Sequence[SignedRecord], now: float
@@ -352,20 +388,7 @@ class Store:
             " WHERE record_id = ? OR (terminal_id = ? AND sequence = ?)",
             (record.record_id, record.terminal_id, _sequence_key(record.sequence)),
         ).fetchall()
-        for row in rows:
-            stored = _stored_record(row)
-            if stored.signed.encoding != signed.encoding:
-                other = stored.signed.record
-                raise RecordConflictError(
-                    f"Record {record.record_id.hex()} (terminal {record.terminal_id},"
-                    f" sequence {record.sequence}) conflicts with stored record"
-                    f" {other.record_id.hex()} (terminal {other.terminal_id},"
-                    f" sequence {other.sequence}), whose content differs."
-                )
-
-            return stored
-
-        return None
+        return _same_record(signed, [_stored_record(row) for row in rows])
 
     def pending(self, limit: int, skip: int = 0) -> list[StoredRecord]:
         """The oldest ``limit`` records of the outbox, after its first ``skip``."""
@@ -708,6 +731,28 @@ def _insert_statements(
         statements.append((f"{_INSERT_RECORD} VALUES {rows}", values))
 
     return statements
+
+
+def _same_record(
+    signed: SignedRecord, stored: Sequence[StoredRecord]
+) -> StoredRecord | None:
+    """The stored copy of ``signed`` among records sharing its id or its terminal
+    and sequence, or None when there are none.
+
+    Raises:
+        RecordConflictError: One of them has other content.
+    """
+    for candidate in stored:
+        if candidate.signed.encoding != signed.encoding:
+            record, other = signed.record, candidate.signed.record
+            raise RecordConflictError(
+                f"Record {record.record_id.hex()} (terminal {record.terminal_id},"
+                f" sequence {record.sequence}) conflicts with stored record"
+                f" {other.record_id.hex()} (terminal {other.terminal_id},"
+                f" sequence {other.sequence}), whose content differs."
+            )
+
+    return stored[0] if stored else None
 
 
 def _is_locked(err: sqlite3.OperationalError) -> bool:
