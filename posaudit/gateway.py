@@ -269,9 +269,10 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-    def count(self, created: bool) -> None:
-        """Count one stored record or one exact repeat."""
-        (self.accepted if created else self.duplicates).inc()
+    def count(self, created: bool, records: int = 1) -> None:
+        """Count stored records, or exact repeats."""
+        if records:
+            (self.accepted if created else self.duplicates).inc(records)
 
     def render(self) -> bytes:
         """The metrics as Prometheus text."""
@@ -752,7 +753,6 @@ class _Gateway:
                 results[index] = self._refused(index, signed, outcome)
                 continue
 
-            self.metrics.count(outcome)
             results[index] = {
                 "index": index,
                 "record_id": signed.record.record_id.hex(),
@@ -767,6 +767,8 @@ class _Gateway:
             "rejected": sum(result["status"] == "rejected" for result in done),
             "results": done,
         }
+        self.metrics.count(True, reply["accepted"])
+        self.metrics.count(False, reply["duplicates"])
         log.info(
             "batch stored",
             extra={key: reply[key] for key in ("accepted", "duplicates", "rejected")},

@@ -99,7 +99,7 @@ class _Terminal(threading.Thread):
         plan: TerminalPlan,
         started: float,
         interval: float,
-        answer: Callable[[Answer], None],
+        answer: Callable[[Sequence[Answer]], None],
         stop: threading.Event,
     ) -> None:
         super().__init__(name=f"posaudit-terminal-{plan.terminal_id}", daemon=True)
@@ -144,13 +144,13 @@ class _Terminal(threading.Thread):
             try:
                 reply = self.client.submit(send.signed)
             except UploadRejectedError as err:
-                self.answer(Answer(send.index, err.status, err.code, 1, sent))
+                self.answer([Answer(send.index, err.status, err.code, 1, sent)])
             except GatewayUnavailableError as err:
                 log.warning("upload failed", extra={"error": str(err)})
-                self.answer(Answer(send.index, None, UNAVAILABLE, 1, sent))
+                self.answer([Answer(send.index, None, UNAVAILABLE, 1, sent)])
             else:
                 status = 201 if reply.created else 200
-                self.answer(Answer(send.index, status, None, reply.attempts, sent))
+                self.answer([Answer(send.index, status, None, reply.attempts, sent)])
 
     def _run_batches(self) -> None:
         sends = self.plan.sends
@@ -175,19 +175,23 @@ class _Terminal(threading.Thread):
             reply = self.client.submit_batch([send.signed for send in due])
         except (UploadRejectedError, GatewayUnavailableError) as err:
             log.warning("batch upload failed", extra={"error": str(err)})
-            for send in due:
-                self.answer(Answer(send.index, None, UNAVAILABLE, 1, sent))
+            self.answer(
+                [Answer(send.index, None, UNAVAILABLE, 1, sent) for send in due]
+            )
             return
 
+        answers = []
         for send, outcome in zip(due, reply.outcomes, strict=True):
             if outcome.error is not None:
                 error = outcome.error
-                answer = Answer(send.index, error.status, error.code, 1, sent)
+                answers.append(Answer(send.index, error.status, error.code, 1, sent))
             else:
                 status = 201 if outcome.created else 200
-                answer = Answer(send.index, status, None, reply.attempts, sent)
+                answers.append(Answer(send.index, status, None, reply.attempts, sent))
 
-            self.answer(answer)
+        # One message for the whole batch: a queue put per record would cost the
+        # fleet's process more than its upload.
+        self.answer(answers)
 
 
 def run_fleet(
@@ -196,7 +200,7 @@ def run_fleet(
     plans: Sequence[TerminalPlan],
     started: float,
     interval: float,
-    answer: Callable[[Answer], None],
+    answer: Callable[[Sequence[Answer]], None],
     stop: threading.Event | None = None,
 ) -> None:
     """Run every terminal of the fleet until each has sent its records.
@@ -207,7 +211,8 @@ def run_fleet(
         plans: One plan per terminal.
         started: Wall-clock time (``time.time()``) of the start of the day.
         interval: Seconds a batching terminal gathers records before an upload.
-        answer: Called with each answer, from the terminals' threads.
+        answer: Called with the answers of each upload, from the terminals'
+            threads.
         stop: Set to stop the terminals early.
     """
     stop = stop or threading.Event()
@@ -227,7 +232,7 @@ def _fleet_main(
     plans: Sequence[TerminalPlan],
     started: float,
     interval: float,
-    answers: multiprocessing.Queue[Answer],
+    answers: multiprocessing.Queue[Sequence[Answer]],
 ) -> None:
     run_fleet(url, domain, plans, started, interval, answers.put)
 
@@ -248,7 +253,7 @@ class FleetProcess:
         interval: float,
     ) -> None:
         context = multiprocessing.get_context("spawn")
-        self._answers: multiprocessing.Queue[Answer] = context.Queue()
+        self._answers: multiprocessing.Queue[Sequence[Answer]] = context.Queue()
         self._process = context.Process(
             target=_fleet_main,
             args=(url, domain, list(plans), started, interval, self._answers),
@@ -262,10 +267,10 @@ class FleetProcess:
 
     def answers(self) -> list[Answer]:
         """The answers that arrived since the last call."""
-        arrived = []
+        arrived: list[Answer] = []
         while True:
             try:
-                arrived.append(self._answers.get_nowait())
+                arrived.extend(self._answers.get_nowait())
             except queue.Empty:
                 return arrived
 

@@ -298,6 +298,17 @@ def _require_members(
 
 
 def _integer(document: Mapping[str, Any], name: str, low: int, high: int) -> int:
+    value = document[name]
+    # The common case first; anything else takes the checks that name the problem.
+    if type(value) is int and low <= value <= high:
+        return value
+
+    return _checked_integer(document, name, low, high)
+
+
+def _checked_integer(
+    document: Mapping[str, Any], name: str, low: int, high: int
+) -> int:
     field = f"record.{name}"
     value = document[name]
     allowed = f"an integer from {low} to {high}"
@@ -351,6 +362,18 @@ def _hex_digits(value: str, field: str, form: str, prefixed: bool) -> str:
 
 
 def _fixed_hex(document: Mapping[str, Any], name: str, size: int, form: str) -> bytes:
+    value = document[name]
+    if type(value) is str and len(value) == 2 * size + 2 and value[:2] == "0x":
+        digits = value[2:]
+        if _HEX.match(digits):
+            return bytes.fromhex(digits)
+
+    return _checked_fixed_hex(document, name, size, form)
+
+
+def _checked_fixed_hex(
+    document: Mapping[str, Any], name: str, size: int, form: str
+) -> bytes:
     field = f"record.{name}"
     prefixed = name != "record_id"
     digits = _hex_digits(_text(document[name], field, form), field, form, prefixed)
