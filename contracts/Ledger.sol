@@ -33,6 +33,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
     /// last sequence number (with `SEQUENCE_DIRTY` once raised) and, from `HELD_SHIFT`
     /// up, the amount approved for its merchant. A slot goes back to storage when another
     /// terminal takes it, or at the end of the block; `order` lists the slots in use.
+    /// Each hold written back is a release of the block, chained into `releasesDigest`.
     ///
     /// The registry cannot change during an append (the Ledger only reads it), so its
     /// answer holds for the whole block. Measured on anvil, 256-record block of 8
@@ -43,6 +44,8 @@ contract Ledger is ILedger, AccessControl, Pausable {
         uint256[] states;
         uint256[] order;
         uint256 used;
+        bytes32 blockHash;
+        bytes32 releasesDigest;
     }
 
     /// @dev What the rules read besides the record and its payer: the chain's clock, read
@@ -229,31 +232,25 @@ contract Ledger is ILedger, AccessControl, Pausable {
             blockHash, height, header.prevHash, header.recordsRoot, header.recordCount
         );
 
-        (uint32 approved, bytes32 holdsDigest) = _settleRecords(blockHash, leaves, count);
+        (uint32 approved, bytes32 settlementDigest) = _settleRecords(blockHash, leaves, count);
         _blocks[blockHash] = StoredBlock({
             recordsRoot: header.recordsRoot,
             recordCount: header.recordCount,
             approvedCount: approved,
             height: height,
             timestamp: header.timestamp,
-            holdsDigest: holdsDigest
+            settlementDigest: settlementDigest
         });
     }
 
 
     /// @inheritdoc ILedger
-    function release(address[] calldata merchants, uint256[] calldata amounts)
-        external
-        onlyRole(AUDIT_ROLE)
-    {
-        if (merchants.length != amounts.length) {
-            revert LedgerReleaseLengths(merchants.length, amounts.length);
-        }
-
-        for (uint256 i = 0; i < merchants.length; ++i) {
-            _takeHold(merchants[i], amounts[i]);
-            _credit[merchants[i]] += amounts[i];
-            emit HoldReleased(merchants[i], amounts[i]);
+    function release(Release[] calldata releases) external onlyRole(AUDIT_ROLE) {
+        for (uint256 i = 0; i < releases.length; ++i) {
+            (address merchant, uint256 amount) = (releases[i].merchant, releases[i].amount);
+            _takeHold(merchant, amount);
+            _credit[merchant] += amount;
+            emit HoldReleased(merchant, amount);
         }
     }
 
@@ -375,12 +372,15 @@ contract Ledger is ILedger, AccessControl, Pausable {
     }
 
 
+    /// @dev Runs the rules on every record; returns the approved count and the settlement
+    /// digest (see {ILedger-StoredBlock}). `digest` chains the holds while the records
+    /// run, then takes in the releases.
     function _settleRecords(bytes32 blockHash, bytes calldata leaves, uint256 count)
         private
-        returns (uint32 approved, bytes32 holdsDigest)
+        returns (uint32 approved, bytes32 digest)
     {
         Context memory context = _context();
-        TerminalCache memory terminals = _newTerminalCache();
+        TerminalCache memory terminals = _newTerminalCache(blockHash);
         // slither-disable-next-line uninitialized-local (decodeInto fills it for each record)
         SettlementRecords.Record memory record;
         uint256 bits = 0;
@@ -393,7 +393,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
                 unchecked {
                     ++approved;
                 }
-                holdsDigest = SettlementRecords.chainHold(holdsDigest, record);
+                digest = SettlementRecords.chainHold(digest, record);
                 emit TransactionApproved(
                     record.terminalId, record.payer, record.merchant, blockHash, uint32(i),
                     record.sequence, record.amount
@@ -413,6 +413,7 @@ contract Ledger is ILedger, AccessControl, Pausable {
             }
         }
         _writeBackAll(terminals);
+        digest = keccak256(abi.encodePacked(digest, terminals.releasesDigest));
     }
 
     /// @dev Runs the rules in `StatusCode` order; on approval moves the amount from the
@@ -504,12 +505,14 @@ contract Ledger is ILedger, AccessControl, Pausable {
         return 0;
     }
 
-    function _newTerminalCache() private pure returns (TerminalCache memory) {
+    function _newTerminalCache(bytes32 blockHash) private pure returns (TerminalCache memory) {
         return TerminalCache({
             entries: new uint256[](TERMINAL_SLOTS),
             states: new uint256[](TERMINAL_SLOTS),
             order: new uint256[](TERMINAL_SLOTS),
-            used: 0
+            used: 0,
+            blockHash: blockHash,
+            releasesDigest: 0
         });
     }
 
@@ -542,13 +545,19 @@ contract Ledger is ILedger, AccessControl, Pausable {
     }
 
     /// @dev Stores what the terminal in `slot` changed: its last sequence number and its
-    /// merchant's hold.
+    /// merchant's hold, which becomes one of the block's releases.
     function _writeBack(TerminalCache memory terminals, uint256 slot) private {
         uint256 entry = terminals.entries[slot];
         uint256 state = terminals.states[slot];
         if (state & SEQUENCE_DIRTY != 0) _lastSequence[bytes8(bytes32(entry))] = uint64(state);
         uint256 held = state >> HELD_SHIFT;
-        if (held != 0) _held[address(uint160(entry >> ENTRY_MERCHANT_SHIFT))] += held;
+        if (held == 0) return;
+
+        address merchant = address(uint160(entry >> ENTRY_MERCHANT_SHIFT));
+        _held[merchant] += held;
+        emit HoldPlaced(terminals.blockHash, merchant, held);
+        terminals.releasesDigest =
+            SettlementRecords.chainRelease(terminals.releasesDigest, merchant, held);
     }
 
     function _writeBackAll(TerminalCache memory terminals) private {

@@ -13,16 +13,18 @@ import {SettlementRecords} from "./SettlementRecords.sol";
 /// @title SettlementAudit
 /// @notice The audit module of claim 8, holding the Ledger's `AUDIT_ROLE`.
 ///
-/// The model: the Ledger appended a block, stored its records root, size and holds
+/// The model: the Ledger appended a block, stored its records root, size and settlement
 /// digest, and holds each approved amount for its merchant. This contract settles the
 /// block's records, each exactly once: one by one with inclusion proofs (a merchant's
 /// receipt), or all at once from the leaf hashes of the bookkeeper's audit tree, which
-/// must rebuild the stored root. The money moves as the Ledger committed to in the holds
-/// digest, never as a caller says.
+/// must rebuild the stored root. The money moves as the Ledger committed to in the
+/// settlement digest, never as a caller says: a whole block by the releases it holds
+/// for each merchant, one record by its own hold.
 ///
 /// Settlement state is one bit per record in a per-block bitmap, set by the one-by-one
-/// paths; once a block is complete every approved record is resolved, so the whole-block
-/// audit of a block nobody settled from writes no bitmap at all.
+/// paths, which also keep what they moved per block and merchant; once a block is
+/// complete every approved record is resolved, so the whole-block audit of a block
+/// nobody settled from writes no bitmap at all.
 ///
 /// NOTE: The auditor role is trusted with claim 8's rejection: given a bookkeeper's
 /// proof that does not match, it reverses that record's payment. Anyone else with a
@@ -30,18 +32,11 @@ import {SettlementRecords} from "./SettlementRecords.sol";
 contract SettlementAudit is ISettlementAudit, AccessControl {
     using SettlementRecords for bytes;
 
-    /// @dev What a block audit owes merchants so far: `entries` (merchant, amount) pairs.
-    struct Releases {
-        address[] merchants;
-        uint256[] amounts;
-        uint256 entries;
-    }
-
     bytes32 public constant AUDITOR_ROLE = keccak256("AUDITOR_ROLE");
 
-    /// @dev Distinct merchants a whole-block audit looks back over before it starts a new
-    /// release entry: bounds the search, while a merchant seen again later only costs an
-    /// extra entry.
+    /// @dev Entries a whole-block audit looks back over for a merchant's earlier
+    /// release before it starts a new payment: bounds the search, while a merchant seen
+    /// again later only costs an extra payment.
     uint256 private constant MERCHANT_LOOKBACK = 8;
 
     ILedger public immutable ledger;
@@ -51,6 +46,10 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
     mapping(bytes32 blockHash => mapping(uint256 word => uint256 bits)) private _resolvedBits;
     // Audit rejections are the exception, so only they pay for a second bitmap.
     mapping(bytes32 blockHash => mapping(uint256 word => uint256 bits)) private _rejectedBits;
+    // What records settled or rejected one by one took from a merchant's releases, until
+    // the whole-block audit pays the rest.
+    mapping(bytes32 blockHash => mapping(address merchant => uint256 amount))
+        private _resolvedAmounts;
 
     constructor(address admin, ILedger ledger_, ITerminalRegistry registry_) {
         ledger = ledger_;
@@ -61,29 +60,28 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
 
 
     /// @inheritdoc ISettlementAudit
-    function auditBlock(bytes32 blockHash, bytes32[] calldata leafHashes, bytes calldata holds)
-        external
-        returns (uint256 settled)
-    {
+    function auditBlock(
+        bytes32 blockHash,
+        bytes32[] calldata leafHashes,
+        bytes32 holdsDigest,
+        ILedger.Release[] calldata releases
+    ) external returns (uint256 settled) {
         BlockAudit memory audit = _audits[blockHash];
         if (audit.complete) return 0;
         ILedger.StoredBlock memory stored = _storedBlock(blockHash);
         _checkBlockProof(stored, leafHashes);
-        _checkHolds(stored, holds);
+        _checkSettlement(stored, holdsDigest, _releasesDigest(releases));
 
-        Releases memory releases = _newReleases(stored.approvedCount);
-        if (audit.settled == 0 && audit.rejected == 0) {
-            // Nothing settled or rejected yet: every hold is open, in order.
-            settled = stored.approvedCount;
-            _releaseHolds(releases, holds, 0, settled);
-        } else {
-            settled = _settleOpen(blockHash, stored.recordCount, holds, releases);
-        }
+        bool untouched = audit.settled == 0 && audit.rejected == 0;
+        // Cannot underflow: an open block has fewer resolved records than approved ones.
+        settled = stored.approvedCount - audit.settled - audit.rejected;
         // At most 1024 records per block, so the count fits.
         audit.settled += uint32(settled);
         _store(blockHash, audit, stored.approvedCount);
 
-        _releaseAll(releases);
+        ILedger.Release[] memory owed = _merged(releases);
+        if (!untouched) _subtractResolved(blockHash, owed);
+        ledger.release(owed);
     }
 
     /// @inheritdoc ISettlementAudit
@@ -101,12 +99,13 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
 
         SettlementRecords.Record memory record = leaf.decode();
         _resolve(blockHash, index);
+        _resolvedAmounts[blockHash][record.merchant] += record.amount;
         emit RecordSettled(blockHash, uint32(index), record.merchant, record.amount);
         BlockAudit memory audit = _audits[blockHash];
         audit.settled += 1;
         _store(blockHash, audit, stored.approvedCount);
 
-        ledger.release(_single(record.merchant), _single(record.amount));
+        ledger.release(_single(record.merchant, record.amount));
         return true;
     }
 
@@ -116,21 +115,17 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         uint256 index,
         bytes calldata leaf,
         bytes32[] calldata proof,
-        bytes calldata holds
+        bytes calldata holds,
+        bytes32 releasesDigest
     ) external onlyRole(AUDITOR_ROLE) {
         ILedger.StoredBlock memory stored = _storedBlock(blockHash);
         if (_proofMatches(stored, index, leaf, proof)) revert AuditProofMatches(blockHash, index);
         if (!ledger.isApproved(blockHash, index)) revert AuditNotApproved(blockHash, index);
         if (_isResolved(blockHash, index)) revert AuditAlreadyResolved(blockHash, index);
-        _checkHolds(stored, holds);
+        _checkHolds(stored, holds, releasesDigest);
 
-        _resolve(blockHash, index);
-        _rejectedBits[blockHash][index >> 8] |= 1 << (index & 0xff);
-        (address payer, address merchant, uint64 amount) = _reject(blockHash, index, holds);
-        BlockAudit memory audit = _audits[blockHash];
-        audit.rejected += 1;
-        _store(blockHash, audit, stored.approvedCount);
-
+        (address payer, address merchant, uint64 amount) =
+            _reject(blockHash, index, holds, stored.approvedCount);
         ledger.refund(payer, merchant, amount);
     }
 
@@ -190,12 +185,83 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         if (computed != stored.recordsRoot) revert AuditRootMismatch(stored.recordsRoot, computed);
     }
 
-    function _checkHolds(ILedger.StoredBlock memory stored, bytes calldata holds) private pure {
+    function _checkHolds(
+        ILedger.StoredBlock memory stored,
+        bytes calldata holds,
+        bytes32 releasesDigest
+    ) private pure {
         uint256 expected = uint256(stored.approvedCount) * SettlementRecords.HOLD_LENGTH;
         if (holds.length != expected) revert AuditMalformedHolds(holds.length, expected);
 
-        bytes32 digest = SettlementRecords.chainHolds(0, holds);
-        if (digest != stored.holdsDigest) revert AuditHoldsMismatch(stored.holdsDigest, digest);
+        _checkSettlement(stored, SettlementRecords.chainHolds(0, holds), releasesDigest);
+    }
+
+    function _checkSettlement(
+        ILedger.StoredBlock memory stored,
+        bytes32 holdsDigest,
+        bytes32 releasesDigest
+    ) private pure {
+        bytes32 digest = keccak256(abi.encodePacked(holdsDigest, releasesDigest));
+        if (digest != stored.settlementDigest) {
+            revert AuditHoldsMismatch(stored.settlementDigest, digest);
+        }
+    }
+
+    function _releasesDigest(ILedger.Release[] calldata releases)
+        private
+        pure
+        returns (bytes32 digest)
+    {
+        for (uint256 i = 0; i < releases.length; ++i) {
+            digest = SettlementRecords.chainRelease(
+                digest, releases[i].merchant, releases[i].amount
+            );
+        }
+    }
+
+    /// @dev The releases with those of one merchant summed, as long as the merchant comes
+    /// again within `MERCHANT_LOOKBACK` entries: one payment per merchant where its
+    /// terminals sit close together, each paid once (a payment costs a transfer of the
+    /// hold and an event), while the search stays bounded.
+    function _merged(ILedger.Release[] calldata releases)
+        private
+        pure
+        returns (ILedger.Release[] memory owed)
+    {
+        owed = new ILedger.Release[](releases.length);
+        uint256 entries = 0;
+        for (uint256 i = 0; i < releases.length; ++i) {
+            address merchant = releases[i].merchant;
+            uint256 first = entries > MERCHANT_LOOKBACK ? entries - MERCHANT_LOOKBACK : 0;
+            uint256 j = entries;
+            while (j > first && owed[j - 1].merchant != merchant) --j;
+            if (j > first) {
+                owed[j - 1].amount += releases[i].amount;
+            } else {
+                owed[entries++] = ILedger.Release(merchant, releases[i].amount);
+            }
+        }
+        // Shrinking a memory array in place is safe: its tail is simply never read.
+        assembly ("memory-safe") {
+            mstore(owed, entries)
+        }
+    }
+
+    /// @dev Takes off what records settled or rejected one by one already took from each
+    /// merchant, which is used up as it is subtracted.
+    function _subtractResolved(bytes32 blockHash, ILedger.Release[] memory owed) private {
+        for (uint256 i = 0; i < owed.length; ++i) {
+            address merchant = owed[i].merchant;
+            uint256 resolved = _resolvedAmounts[blockHash][merchant];
+            if (resolved == 0) continue;
+
+            uint256 taken = resolved < owed[i].amount ? resolved : owed[i].amount;
+            // Cannot underflow: taken is at most either of them.
+            unchecked {
+                owed[i].amount -= taken;
+                _resolvedAmounts[blockHash][merchant] = resolved - taken;
+            }
+        }
     }
 
     function _rootFromProof(
@@ -229,131 +295,36 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         return _rootFromProof(stored, index, leaf, proof) == stored.recordsRoot;
     }
 
-    /// @dev Marks every approved, open record settled, 256 at a time, and sums what each
-    /// merchant is owed: the path of a block some of whose records were settled or
-    /// rejected one by one before.
-    function _settleOpen(
-        bytes32 blockHash,
-        uint256 count,
-        bytes calldata holds,
-        Releases memory releases
-    ) private returns (uint256 settled) {
-        uint256 hold = 0;
-        for (uint256 word = 0; word << 8 < count; ++word) {
-            uint256 end = count - (word << 8) < 256 ? count - (word << 8) : 256;
-            uint256 opened;
-            (opened, hold) = _settleWord(blockHash, word, end, holds, hold, releases);
-            if (opened != 0) {
-                _resolvedBits[blockHash][word] |= opened;
-                settled += _popCount(opened);
-            }
-        }
-    }
-
-    /// @dev Releases what a block audit owes, in one call to the Ledger.
-    function _releaseAll(Releases memory releases) private {
-        if (releases.entries == 0) return;
-        address[] memory merchants = releases.merchants;
-        uint256[] memory amounts = releases.amounts;
-        uint256 entries = releases.entries;
-        // Shrinking a memory array in place is safe: its tail is simply never read.
-        assembly ("memory-safe") {
-            mstore(merchants, entries)
-            mstore(amounts, entries)
-        }
-        ledger.release(merchants, amounts);
-    }
-
-    /// @dev Adds the open records of one 256-record word to `releases`, reading the
-    /// Ledger's rejections and this contract's resolutions once. The holds list only
-    /// approved records, so `hold` counts approved positions, open or not.
-    /// @return opened The bits of the records settled.
-    /// @return next The position in the holds list of the next word's first approved record.
-    function _settleWord(
-        bytes32 blockHash,
-        uint256 word,
-        uint256 end,
-        bytes calldata holds,
-        uint256 hold,
-        Releases memory releases
-    ) private view returns (uint256 opened, uint256 next) {
-        uint256 rejected = ledger.rejectedBitsOf(blockHash, word);
-        uint256 resolved = _resolvedBits[blockHash][word];
-        for (uint256 bit = 0; bit < end; ++bit) {
-            uint256 mask = 1 << bit;
-            if (rejected & mask != 0) continue;
-            if (resolved & mask == 0) {
-                _releaseHolds(releases, holds, hold, hold + 1);
-                opened |= mask;
-            }
-            ++hold;
-        }
-        next = hold;
-    }
-
-    /// @dev Adds holds `from` (inclusive) to `to` (exclusive) of the list to `releases`,
-    /// each run of consecutive holds for one merchant summed first: adding a run at once
-    /// gives the entries that adding its holds one by one would.
-    function _releaseHolds(
-        Releases memory releases,
-        bytes calldata holds,
-        uint256 from,
-        uint256 to
-    ) private pure {
-        if (to > holds.length / SettlementRecords.HOLD_LENGTH) {
-            revert AuditMalformedHolds(holds.length, to * SettlementRecords.HOLD_LENGTH);
-        }
-        if (from >= to) return;
-
-        (address merchant, uint256 amount) = _holdAt(holds, from);
-        // Cannot overflow: `hold` stays below `to`, and a run sums at most 1024 amounts
-        // below 2**64.
-        unchecked {
-            for (uint256 hold = from + 1; hold < to; ++hold) {
-                (address next, uint64 nextAmount) = _holdAt(holds, hold);
-                if (next == merchant) {
-                    amount += nextAmount;
-                } else {
-                    _addRelease(releases, merchant, amount);
-                    (merchant, amount) = (next, nextAmount);
-                }
-            }
-        }
-        _addRelease(releases, merchant, amount);
-    }
-
-    /// @dev Adds `amount` to `merchant`'s entry among the last `MERCHANT_LOOKBACK` ones,
-    /// or starts a new entry.
-    function _addRelease(Releases memory releases, address merchant, uint256 amount)
-        private
-        pure
-    {
-        uint256 entries = releases.entries;
-        uint256 first = entries > MERCHANT_LOOKBACK ? entries - MERCHANT_LOOKBACK : 0;
-        for (uint256 j = entries; j > first; --j) {
-            if (releases.merchants[j - 1] == merchant) {
-                releases.amounts[j - 1] += amount;
-                return;
-            }
-        }
-        releases.merchants[entries] = merchant;
-        releases.amounts[entries] = amount;
-        releases.entries = entries + 1;
-    }
-
-    /// @dev Reads record `index`'s hold and reports its rejection; the caller refunds.
-    function _reject(bytes32 blockHash, uint256 index, bytes calldata holds)
+    /// @dev Rejects record `index`, whose hold is hold number `hold` of the checked list
+    /// `holds` (it has one per approved record); the caller refunds.
+    function _reject(bytes32 blockHash, uint256 index, bytes calldata holds, uint32 approved)
         private
         returns (address payer, address merchant, uint64 amount)
     {
         uint256 hold = index - _rejectedBefore(blockHash, index);
+        (merchant, amount) = _holdAt(holds, hold);
+        _resolve(blockHash, index);
+        _rejectedBits[blockHash][index >> 8] |= 1 << (index & 0xff);
+        _resolvedAmounts[blockHash][merchant] += amount;
+        BlockAudit memory audit = _audits[blockHash];
+        audit.rejected += 1;
+        _store(blockHash, audit, approved);
+
+        payer = _announceRejection(blockHash, index, holds, hold);
+    }
+
+    /// @dev Emits the audit's `TransactionRejected` for record `index`, from its hold.
+    function _announceRejection(
+        bytes32 blockHash,
+        uint256 index,
+        bytes calldata holds,
+        uint256 hold
+    ) private returns (address payer) {
         uint256 o = hold * SettlementRecords.HOLD_LENGTH;
-        // Slicing the terminal id checks that the hold lies inside the list.
         bytes8 terminalId = bytes8(holds[o:o + 8]);
         uint64 sequence = uint64(bytes8(holds[o + 8:o + 16]));
-        (merchant, amount) = _holdAt(holds, hold);
+        uint64 amount = uint64(bytes8(holds[o + 16:o + 24]));
         payer = address(bytes20(holds[o + 44:o + 64]));
-
         emit TransactionRejected(
             terminalId,
             payer,
@@ -413,19 +384,13 @@ contract SettlementAudit is ISettlementAudit, AccessControl {
         }
     }
 
-    /// @dev Room for `capacity` entries: at most one per hold.
-    function _newReleases(uint256 capacity) private pure returns (Releases memory) {
-        return Releases(new address[](capacity), new uint256[](capacity), 0);
-    }
-
-    function _single(address merchant) private pure returns (address[] memory list) {
-        list = new address[](1);
-        list[0] = merchant;
-    }
-
-    function _single(uint64 amount) private pure returns (uint256[] memory list) {
-        list = new uint256[](1);
-        list[0] = amount;
+    function _single(address merchant, uint256 amount)
+        private
+        pure
+        returns (ILedger.Release[] memory list)
+    {
+        list = new ILedger.Release[](1);
+        list[0] = ILedger.Release(merchant, amount);
     }
 
     /// @dev Number of set bits in `x`, one bit at a time: it runs once per 256 records,

@@ -123,6 +123,17 @@ library SettlementRecords {
         }
     }
 
+    /// @notice Extends a block's releases digest by what it holds for `merchant`:
+    /// keccak256 of the digest so far, the merchant (20 bytes) and the amount (32 bytes).
+    /// A block's digest starts at zero.
+    function chainRelease(bytes32 releasesDigest, address merchant, uint256 amount)
+        internal
+        pure
+        returns (bytes32)
+    {
+        return keccak256(abi.encodePacked(releasesDigest, merchant, amount));
+    }
+
     /// @notice {chainHold} over each hold of a list, in order, each already packed into
     /// its 64 bytes.
     /// @dev A trailing partial hold is left out: callers check `holds.length` against

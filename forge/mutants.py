@@ -111,11 +111,19 @@ MUTANTS = (
         "settleRecord ignores the resolved bit",
     ),
     Mutant(
-        "audit-holds-digest",
+        "audit-pays-resolved",
         "SettlementAudit.sol",
-        r"(_checkBlockProof\(stored, leafHashes\);)\s*_checkHolds\(stored, holds\);",
+        r"if \(!untouched\) _subtractResolved\(blockHash, owed\);",
+        "",
+        "a block audit pays again what records settled one by one took",
+    ),
+    Mutant(
+        "audit-settlement-digest",
+        "SettlementAudit.sol",
+        r"(_checkBlockProof\(stored, leafHashes\);)\s*"
+        r"_checkSettlement\(stored, holdsDigest, _releasesDigest\(releases\)\);",
         r"\1",
-        "auditBlock trusts the caller's holds (digest check removed)",
+        "auditBlock trusts the caller's releases (settlement digest check removed)",
     ),
     Mutant(
         "take-hold-check",

@@ -17,6 +17,7 @@ from web3.contract import Contract
 
 from posaudit.chain.deploy import Deployment, contract_at
 from posaudit.chain.sender import Receipt, Sender
+from posaudit.records import holds_digest, releases_digest
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class AuditClient:
         block_hash: bytes,
         leaf_hashes: Sequence[bytes],
         holds: bytes,
+        releases: Sequence[tuple[str, int]],
         gas: int | None = None,
     ) -> Receipt:
         """Settle every open record of a block at once; returns the receipt.
@@ -70,13 +72,21 @@ class AuditClient:
         Args:
             block_hash: The block.
             leaf_hashes: Its audit tree's leaf hashes, in order.
-            holds: Its holds, as the Ledger committed them.
+            holds: Its holds, as the Ledger committed them; only their digest is
+                sent.
+            releases: What it holds for each merchant, as its ``HoldPlaced``
+                events list them.
             gas: The gas limit; estimated when omitted.
 
         Raises:
             ChainError: The contract refused (the message names its error).
         """
-        call = self.audit.functions.auditBlock(block_hash, list(leaf_hashes), holds)
+        call = self.audit.functions.auditBlock(
+            block_hash,
+            list(leaf_hashes),
+            holds_digest(holds),
+            [(Web3.to_checksum_address(m), amount) for m, amount in releases],
+        )
         return self.sender.transact(call, gas=gas)
 
     def settle_record(
@@ -93,11 +103,13 @@ class AuditClient:
         leaf: bytes,
         proof: Sequence[bytes],
         holds: bytes,
+        releases: Sequence[tuple[str, int]],
     ) -> Receipt:
         """Reject a record whose proof does not match (auditor role); returns the
-        receipt."""
+        receipt. ``holds`` and ``releases`` are the block's, as in
+        :meth:`audit_block`; only the releases' digest is sent."""
         call = self.audit.functions.rejectRecord(
-            block_hash, index, leaf, list(proof), holds
+            block_hash, index, leaf, list(proof), holds, releases_digest(releases)
         )
         return self.sender.transact(call)
 

@@ -31,7 +31,6 @@ from posaudit.records import (
     Domain,
     SettlementRecord,
     SignedRecord,
-    encode_hold,
     encode_record,
 )
 from posaudit.signing import generate_key, sign
@@ -163,8 +162,10 @@ def _audit_block_gas(
     audit: AuditClient, appended: AppendResult, records: list[SignedRecord]
 ) -> int:
     leaf_hashes = [leaf_hash(signed.leaf) for signed in records]
-    holds = b"".join(encode_hold(signed.record) for signed in records)
-    return audit.audit_block(appended.block_hash, leaf_hashes, holds).gas_used
+    receipt = audit.audit_block(
+        appended.block_hash, leaf_hashes, appended.holds, appended.releases
+    )
+    return receipt.gas_used
 
 
 def _audit_single_gas(

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from web3.exceptions import TimeExhausted, TransactionNotFound
 
@@ -113,6 +114,14 @@ class BatchPolicy:
             return max(0.0, self.flush_timeout - oldest_age)
 
         return float("inf")
+
+
+class Committed(NamedTuple):
+    """What the Ledger committed a block's money to: the approved records' holds and
+    the block's releases (see :class:`posaudit.ledger.AppendResult`)."""
+
+    holds: bytes
+    releases: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -311,7 +320,8 @@ class Bookkeeper:
 
         Blocks the node no longer has go back to the outbox; each submission is
         either found on chain and saved, or dropped with its records left in the
-        outbox; every block not yet audited is audited.
+        outbox; every block not yet audited is audited, and so is every block whose
+        settlement the node no longer has although it kept the block.
         """
         self._tip = None
         self.ledger.sender.resync()
@@ -329,9 +339,10 @@ class Bookkeeper:
             self._save(appended, [stored.signed for stored in records])
             landed += 1
 
-        unaudited = self.store.unaudited_blocks()
-        for block in unaudited:
-            self.audit(block.block_hash)
+        unaudited = {block.height: block for block in self.store.unaudited_blocks()}
+        unaudited.update((block.height, block) for block in self._lost_settlements())
+        for height in sorted(unaudited):
+            self.audit(unaudited[height].block_hash)
 
         result = Reconciliation(returned, landed, dropped, len(unaudited))
         log.info("store reconciled with the chain", extra=result.__dict__)
@@ -352,6 +363,32 @@ class Bookkeeper:
             returned += self.store.return_to_outbox(block.block_hash)
 
         return returned
+
+    def _lost_settlements(self) -> list[StoredBlock]:
+        """Blocks the store holds as audited that are not settled on chain: the node
+        kept the block but lost the audit's transaction.
+
+        Blocks are settled in order, each once the one before is (the audit worker
+        waits for every audit, and for the reconciliation after a failure), so once
+        a block is found settled on chain, so are all the older ones, and the walk
+        stops there.
+        """
+        lost: list[StoredBlock] = []
+        for block in reversed(self.store.blocks()):
+            if self.audit_client.audit_of(block.block_hash).complete:
+                break
+
+            if block.audit_transaction is not None:
+                log.warning(
+                    "the node no longer has a block's settlement; auditing it again",
+                    extra={
+                        "block_hash": block.block_hash.hex(),
+                        "height": block.height,
+                    },
+                )
+                lost.append(block)
+
+        return lost
 
     def _find_submission(
         self, submission: Submission, receipt_timeout: float
@@ -404,8 +441,8 @@ class Bookkeeper:
             block_hash: The block.
             appended: What its append receipt said, when the caller has just read
                 it: the chain's ``BlockValidated`` for the header's hash fixes its
-                root and size, and its events the holds. Read from the chain again
-                when omitted.
+                root and size, and its events the holds and releases. Read from the
+                chain again when omitted.
 
         Raises:
             RecordNotFoundError: The block is not in the store.
@@ -415,21 +452,23 @@ class Bookkeeper:
         leaves = self.store.block_leaves(block_hash)
         if appended is not None and appended.block_hash == block_hash:
             size, root = appended.header.record_count, appended.header.records_root
-            holds = appended.holds
+            committed = Committed(appended.holds, appended.releases)
         else:
             on_chain = self.ledger.block_of(block_hash)
             size, root = on_chain.record_count, on_chain.records_root
-            holds = self.ledger.holds_from_chain(block.transaction_hash)
+            committed = Committed(
+                *self.ledger.settlement_from_chain(block.transaction_hash)
+            )
         mismatched = {
             stored.leaf_index
             for stored in leaves
             if not _proof_matches(stored, size, root)
         }
         if mismatched:
-            result = self._audit_one_by_one(block_hash, leaves, mismatched, holds)
+            result = self._audit_one_by_one(block_hash, leaves, mismatched, committed)
         else:
             try:
-                result = self._audit_whole(block_hash, leaves, holds)
+                result = self._audit_whole(block_hash, leaves, committed)
             except OutOfGasError as err:
                 # Paying many merchants for the first time can cost more than one
                 # transaction may take; one record at a time always fits.
@@ -437,7 +476,7 @@ class Bookkeeper:
                     "block audit ran out of gas; settling its records one by one",
                     extra={"block_hash": block_hash.hex(), "error": str(err)},
                 )
-                result = self._audit_one_by_one(block_hash, leaves, set(), holds)
+                result = self._audit_one_by_one(block_hash, leaves, set(), committed)
 
         self.store.save_audit(block_hash, result.transactions[-1])
         log.info(
@@ -452,11 +491,13 @@ class Bookkeeper:
         return result
 
     def _audit_whole(
-        self, block_hash: bytes, leaves: list[StoredLeaf], holds: bytes
+        self, block_hash: bytes, leaves: list[StoredLeaf], committed: Committed
     ) -> AuditResult:
         leaf_hashes = [leaf_hash(stored.leaf) for stored in leaves]
         gas = self.audit_gas(len(leaves))
-        receipt = self.audit_client.audit_block(block_hash, leaf_hashes, holds, gas)
+        receipt = self.audit_client.audit_block(
+            block_hash, leaf_hashes, committed.holds, committed.releases, gas
+        )
         settled = sum(stored.code == StatusCode.APPROVED for stored in leaves)
         return AuditResult(
             block_hash, settled, (), (receipt.transaction_hash,), receipt.gas_used
@@ -467,7 +508,7 @@ class Bookkeeper:
         block_hash: bytes,
         leaves: list[StoredLeaf],
         mismatched: set[int],
-        holds: bytes,
+        committed: Committed,
     ) -> AuditResult:
         receipts, rejected = [], []
         for stored in leaves:
@@ -480,9 +521,10 @@ class Bookkeeper:
                     "proof does not match the chain; rejecting the record",
                     extra={"block_hash": block_hash.hex(), "index": index},
                 )
-                client = self.audit_client
                 receipts.append(
-                    client.reject_record(block_hash, index, leaf, proof, holds)
+                    self.audit_client.reject_record(
+                        block_hash, index, leaf, proof, *committed
+                    )
                 )
                 rejected.append(index)
             else:

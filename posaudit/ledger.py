@@ -41,7 +41,9 @@ class AppendResult:
     Attributes:
         holds: What the Ledger committed to hold, 64 bytes per approved record in
             record order (see :func:`posaudit.records.encode_hold`), read from its
-            ``TransactionApproved`` events: what the audit moves.
+            ``TransactionApproved`` events: what rejecting one record moves.
+        releases: What the block holds for each merchant, from its ``HoldPlaced``
+            events in their order: what the whole-block audit moves.
     """
 
     header: BlockHeader
@@ -52,6 +54,7 @@ class AppendResult:
     transaction_hash: bytes
     outcomes: tuple[RecordOutcome, ...]
     holds: bytes
+    releases: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class ChainBlock:
     approved_count: int
     height: int
     timestamp: int
-    holds_digest: bytes
+    settlement_digest: bytes
 
 
 def terminal_bytes(terminal_id: str) -> bytes:
@@ -115,7 +118,12 @@ class LedgerClient:
         self.sender = Sender(w3, bookkeeper)
         self._events = {
             name: EventReader(self.ledger.abi, name)
-            for name in ("BlockValidated", "TransactionApproved", "TransactionRejected")
+            for name in (
+                "BlockValidated",
+                "TransactionApproved",
+                "TransactionRejected",
+                "HoldPlaced",
+            )
         }
 
     def register_terminal(
@@ -200,7 +208,7 @@ class LedgerClient:
             approved_count=int(stored[2]),
             height=int(stored[3]),
             timestamp=int(stored[4]),
-            holds_digest=bytes(stored[5]),
+            settlement_digest=bytes(stored[5]),
         )
 
     def tip(self) -> Tip:
@@ -333,8 +341,10 @@ class LedgerClient:
         receipt = self.sender.wait(bytes(logs[0]["transactionHash"]), timeout=5.0)
         return self._result(header, receipt)
 
-    def holds_from_chain(self, append_transaction: bytes) -> bytes:
-        """A block's holds, rebuilt from its ``TransactionApproved`` events.
+    def settlement_from_chain(
+        self, append_transaction: bytes
+    ) -> tuple[bytes, tuple[tuple[str, int], ...]]:
+        """A block's holds and releases, rebuilt from its append transaction's events.
 
         They come from the chain alone, so the audit works even when the
         bookkeeper's own copy of a record is what went wrong.
@@ -350,10 +360,10 @@ class LedgerClient:
                 f"No receipt for the append transaction 0x{append_transaction.hex()}."
             )
 
-        approved = self._events["TransactionApproved"].decode_all(
-            found["logs"], self.ledger.address
-        )
-        return _holds(approved)
+        address, logs = self.ledger.address, found["logs"]
+        approved = self._events["TransactionApproved"].decode_all(logs, address)
+        placed = self._events["HoldPlaced"].decode_all(logs, address)
+        return _holds(approved), _releases(placed)
 
     def append(self, records: Sequence[SignedRecord]) -> AppendResult:
         """Put ``records`` on chain as one settlement block and read the outcomes.
@@ -379,6 +389,7 @@ class LedgerClient:
         validated = self._events["BlockValidated"].decode_all(receipt.logs, address)
         approved = self._events["TransactionApproved"].decode_all(receipt.logs, address)
         rejected = self._events["TransactionRejected"].decode_all(receipt.logs, address)
+        placed = self._events["HoldPlaced"].decode_all(receipt.logs, address)
         outcomes = [_outcome(fields, StatusCode.APPROVED) for fields in approved] + [
             _outcome(fields, StatusCode(fields["code"])) for fields in rejected
         ]
@@ -391,6 +402,7 @@ class LedgerClient:
             transaction_hash=receipt.transaction_hash,
             outcomes=tuple(sorted(outcomes, key=lambda outcome: outcome.index)),
             holds=_holds(approved),
+            releases=_releases(placed),
         )
 
 
@@ -398,6 +410,11 @@ def _outcome(fields: dict[str, Any], code: StatusCode) -> RecordOutcome:
     return RecordOutcome(
         fields["index"], fields["terminalId"].decode("ascii"), fields["sequence"], code
     )
+
+
+def _releases(placed: list[dict[str, Any]]) -> tuple[tuple[str, int], ...]:
+    """The releases of ``HoldPlaced`` events, in their order."""
+    return tuple((fields["merchant"], fields["amount"]) for fields in placed)
 
 
 def _holds(approved: list[dict[str, Any]]) -> bytes:

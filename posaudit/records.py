@@ -25,8 +25,10 @@ A leaf of the audit tree commits to the record and to the terminal's signature o
 ``leaf = encoding || SHA-256(signature)`` (165 bytes).
 
 A record's hold is what the audit needs to move its money, 64 bytes packed: terminal_id
-8, sequence 8, amount 8, merchant 20, payer 20. The Ledger chains the holds of a block
-into a Keccak-256 digest when it appends the block; see :func:`holds_digest`.
+8, sequence 8, amount 8, merchant 20, payer 20. A block's releases are what it holds for
+each merchant, one per terminal with approved records. When it appends the block, the
+Ledger chains the holds into one Keccak-256 digest and the releases into another, and
+stores the digest of the two; see :func:`settlement_digest`.
 """
 
 from __future__ import annotations
@@ -229,15 +231,35 @@ def encode_hold(record: SettlementRecord) -> bytes:
     )
 
 
-def holds_digest(holds: Iterable[bytes]) -> bytes:
-    """The digest the Ledger stores for a block with these holds, in record order.
+def holds_digest(holds: bytes) -> bytes:
+    """The holds digest of a block whose approved records have these holds (64 bytes
+    each, in record order).
 
     Each step is ``keccak256(digest || hold)``, starting from 32 zero bytes.
     """
     digest = bytes(32)
-    for hold in holds:
-        digest = keccak(digest + hold)
+    for start in range(0, len(holds), HOLD_LENGTH):
+        digest = keccak(digest + holds[start : start + HOLD_LENGTH])
     return digest
+
+
+def releases_digest(releases: Iterable[tuple[str, int]]) -> bytes:
+    """The releases digest of a block: what it holds for each merchant, in the order
+    of its ``HoldPlaced`` events.
+
+    Each step is ``keccak256(digest || merchant || amount)``, the merchant in 20
+    bytes and the amount in 32, starting from 32 zero bytes.
+    """
+    digest = bytes(32)
+    for merchant, amount in releases:
+        release = bytes.fromhex(merchant[2:]) + amount.to_bytes(32, "big")
+        digest = keccak(digest + release)
+    return digest
+
+
+def settlement_digest(holds_digest: bytes, releases_digest: bytes) -> bytes:
+    """The digest the Ledger stores for a block, of its holds and releases digests."""
+    return keccak(holds_digest + releases_digest)
 
 
 def record_digest(encoding: bytes) -> bytes:

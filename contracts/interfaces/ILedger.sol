@@ -43,18 +43,27 @@ interface ILedger {
     }
 
     /// @notice What the Ledger keeps of an accepted block.
-    /// @dev `holdsDigest` chains, approved record by approved record, what the audit
-    /// needs to move each one's money (see {SettlementRecords-chainHold}). The Ledger
-    /// computes it from the same leaves as the records root, in the same transaction, so
-    /// the audit can trust a list of holds that reproduces it; and anyone can rebuild
-    /// that list from the block's `TransactionApproved` events alone.
+    /// @dev `settlementDigest` is keccak256 of two digests the Ledger computes from the
+    /// same leaves as the records root, in the same transaction: the holds digest, which
+    /// chains record by record what each approved record holds (see
+    /// {SettlementRecords-chainHold}), and the releases digest, which chains what the
+    /// block holds for each merchant (see {SettlementRecords-chainRelease}). The audit
+    /// trusts a list that reproduces one digest, given the other: the releases to settle
+    /// a whole block, the holds to reject one record. Anyone can rebuild both lists
+    /// from the block's events: `TransactionApproved` and `HoldPlaced`.
     struct StoredBlock {
         bytes32 recordsRoot;
         uint32 recordCount;
         uint32 approvedCount;
         uint64 height;
         uint64 timestamp;
-        bytes32 holdsDigest;
+        bytes32 settlementDigest;
+    }
+
+    /// @notice An amount a block holds for a merchant, as one `HoldPlaced` reports it.
+    struct Release {
+        address merchant;
+        uint256 amount;
     }
 
     /// @notice A payer's account, packed into one storage slot.
@@ -99,6 +108,11 @@ interface ILedger {
         uint64 sequence,
         uint64 amount
     );
+
+    /// @notice Emitted when a block's approved records put `amount` on hold for
+    /// `merchant`: once per terminal of the block, after its records, in the order the
+    /// releases digest chains them.
+    event HoldPlaced(bytes32 indexed blockHash, address indexed merchant, uint256 amount);
 
     /// @notice Emitted when the audit releases held money to a merchant.
     event HoldReleased(address indexed merchant, uint256 amount);
@@ -172,14 +186,12 @@ interface ILedger {
     /// @notice Thrown when the audit releases or refunds more than a merchant's hold.
     error LedgerHoldTooSmall(address merchant, uint256 held, uint256 amount);
 
-    /// @notice Thrown when release lists differ in length.
-    error LedgerReleaseLengths(uint256 merchants, uint256 amounts);
-
     /// @notice Appends a settlement block and runs the rules on each of its records.
     /// @dev Requires the bookkeeper role and an unpaused Ledger. `leaves` is the
     /// concatenation of `header.recordCount` leaves of 165 bytes each (record encoding
     /// followed by the SHA-256 of its signature). Emits `BlockValidated`, then one
-    /// `TransactionApproved` or `TransactionRejected` per record, in order.
+    /// `TransactionApproved` or `TransactionRejected` per record, in order, and a
+    /// `HoldPlaced` per terminal with approved records.
     /// @return blockHash Double SHA-256 of the packed header.
     function appendBlock(BlockHeader calldata header, bytes calldata leaves)
         external
@@ -191,15 +203,16 @@ interface ILedger {
     /// else: the Ledger accepts blocks of any size in either state.
     function recordNetworkState(bool congested, uint64 blockRate, uint64 linkRate) external;
 
-    /// @notice Moves `amounts[i]` of `merchants[i]`'s hold to its credit.
-    /// @dev Requires the audit role; emits `HoldReleased` per merchant.
-    function release(address[] calldata merchants, uint256[] calldata amounts) external;
+    /// @notice Moves each release's amount from its merchant's hold to its credit.
+    /// @dev Requires the audit role; emits `HoldReleased` per release.
+    function release(Release[] calldata releases) external;
 
     /// @notice Returns `amount` of `merchant`'s hold to `payer`'s balance.
     /// @dev Requires the audit role; emits `HoldRefunded`.
     function refund(address payer, address merchant, uint64 amount) external;
 
-    /// @notice The stored root, sizes, height, timestamp and holds digest of a block.
+    /// @notice The stored root, sizes, height, timestamp and settlement digest of a
+    /// block.
     function blockOf(bytes32 blockHash) external view returns (StoredBlock memory);
 
     /// @notice Whether record `index` of block `blockHash` was approved.

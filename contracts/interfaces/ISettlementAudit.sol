@@ -76,7 +76,8 @@ interface ISettlementAudit {
     /// @notice Thrown when the holds are not 64 bytes for each approved record.
     error AuditMalformedHolds(uint256 length, uint256 expected);
 
-    /// @notice Thrown when the holds do not reproduce the digest the Ledger stored.
+    /// @notice Thrown when the holds or releases given, with the other digest, do not
+    /// reproduce the settlement digest the Ledger stored.
     error AuditHoldsMismatch(bytes32 expected, bytes32 computed);
 
     /// @notice Thrown when the leaf hashes of a block audit lead to another root.
@@ -88,14 +89,19 @@ interface ISettlementAudit {
     /// @notice Settles every approved record of a block not yet settled or rejected.
     /// @dev Anyone may call it: it moves money only as the Ledger committed when the
     /// block was appended. `leafHashes` must reproduce the block's records root (the
-    /// audit of every record's proof at once) and `holds` its holds digest (64 bytes per
-    /// approved record in index order, see {SettlementRecords-chainHold}). A block whose
-    /// settlement is complete is left unchanged. Emits `SettlementComplete` when the
-    /// block completes.
+    /// audit of every record's proof at once), and `releases` (what the block holds for
+    /// each merchant, as its `HoldPlaced` events list them) with `holdsDigest` (see
+    /// {SettlementRecords-chainHold}) its settlement digest. Merchants are paid their
+    /// releases less what records of the block settled or rejected one by one took. A
+    /// block whose settlement is complete is left unchanged. Emits `SettlementComplete`
+    /// when the block completes.
     /// @return settled Number of records this call settled.
-    function auditBlock(bytes32 blockHash, bytes32[] calldata leafHashes, bytes calldata holds)
-        external
-        returns (uint256 settled);
+    function auditBlock(
+        bytes32 blockHash,
+        bytes32[] calldata leafHashes,
+        bytes32 holdsDigest,
+        ILedger.Release[] calldata releases
+    ) external returns (uint256 settled);
 
     /// @notice Settles record `index` of a block with its inclusion proof (a receipt).
     /// @dev Anyone may call it; a proof that does not match reverts and changes nothing.
@@ -112,16 +118,19 @@ interface ISettlementAudit {
     /// @notice Rejects record `index` of a block because the bookkeeper's proof for it
     /// does not match the stored root (claim 8), returning its hold to the payer.
     /// @dev Requires the auditor role, a proof that does not match (a malformed one
-    /// counts) and an open, approved record. `holds` is the block's list as in
-    /// {auditBlock}, checked against its digest, so the refund goes to the payer the
-    /// Ledger saw, whatever the mismatching leaf says. Emits `TransactionRejected` with
-    /// `ProofMismatch`, and `SettlementComplete` when it was the block's last open record.
+    /// counts) and an open, approved record. `holds` lists the block's approved records'
+    /// holds (64 bytes each, in index order) and, with `releasesDigest` (see
+    /// {SettlementRecords-chainRelease}), must reproduce its settlement digest, so the
+    /// refund goes to the payer the Ledger saw, whatever the mismatching leaf says.
+    /// Emits `TransactionRejected` with `ProofMismatch`, and `SettlementComplete` when it
+    /// was the block's last open record.
     function rejectRecord(
         bytes32 blockHash,
         uint256 index,
         bytes calldata leaf,
         bytes32[] calldata proof,
-        bytes calldata holds
+        bytes calldata holds,
+        bytes32 releasesDigest
     ) external;
 
     /// @notice Whether `terminalId`'s registered key verifies `signature` over `record`

@@ -8,7 +8,7 @@ import {SettlementRecords} from "../../contracts/SettlementRecords.sol";
 import {ILedger} from "../../contracts/interfaces/ILedger.sol";
 import {ISettlementAudit} from "../../contracts/interfaces/ISettlementAudit.sol";
 import {IAuditUnderTest, ILedgerUnderTest, IRegistryUnderTest} from "./utils/Deployed.sol";
-import {VM} from "./utils/Vm.sol";
+import {VM, Vm} from "./utils/Vm.sol";
 
 // The role holders the contracts are deployed with, and an outsider holding no role.
 address constant OPERATOR = address(uint160(0x0A0001));
@@ -84,6 +84,7 @@ contract Handler {
         uint64 height;
         uint64 timestamp;
         bytes32 holdsDigest;
+        bytes32 releasesDigest;
         uint32 settled;
         uint32 rejected;
     }
@@ -155,6 +156,7 @@ contract Handler {
     mapping(uint256 blockIx => bytes[]) internal _leaves;
     mapping(uint256 blockIx => bytes32[]) internal _leafHashes;
     mapping(uint256 blockIx => bytes) internal _holds;
+    mapping(uint256 blockIx => ILedger.Release[]) internal _releases;
     mapping(bytes8 terminalId => mapping(uint64 sequence => uint256)) internal _approvals;
 
     // What went other than specified; the invariants want every one of these at zero.
@@ -224,17 +226,19 @@ contract Handler {
     function appendBlock(uint256 seed, uint256 countSeed) external {
         Draft memory draft = _draft(seed, 1 + countSeed % MAX_RECORDS, _head());
 
+        VM.recordLogs();
         VM.prank(BOOKKEEPER);
         try ledger.appendBlock(draft.header, draft.leaves) returns (bytes32 blockHash) {
             if (blockHash != draft.hash) _bookkeepingError("block hash", blockHash);
             _commit(draft);
+            _keepReleases(_blocks.length - 1, VM.getRecordedLogs());
         } catch (bytes memory reason) {
             _surprise("appendBlock reverted", reason);
         }
     }
 
-    /// @notice Anyone audits a whole block with its leaf hashes and holds; it settles
-    /// exactly the approved records still open.
+    /// @notice Anyone audits a whole block with its leaf hashes, holds digest and
+    /// releases; it settles exactly the approved records still open.
     function auditBlock(uint256 blockSeed, uint256 callerSeed) external {
         if (_blocks.length == 0) return;
         uint256 b = blockSeed % _blocks.length;
@@ -243,7 +247,8 @@ contract Handler {
         bool complete = _isComplete(b);
 
         VM.prank(_anyone(callerSeed));
-        try audit.auditBlock(_blocks[b].hash, hashes, _holds[b]) returns (uint256 settled) {
+        try audit.auditBlock(_blocks[b].hash, hashes, _blocks[b].holdsDigest, _releases[b])
+        returns (uint256 settled) {
             uint256 want = complete ? 0 : open;
             if (settled != want) _bookkeepingError("auditBlock settled", bytes32(settled));
             if (!complete) _settleAllOpen(b);
@@ -283,7 +288,9 @@ contract Handler {
         (bytes memory leaf, bytes32[] memory proof,) = _badProof(b, i, modeSeed);
 
         VM.prank(AUDITOR);
-        try audit.rejectRecord(_blocks[b].hash, i, leaf, proof, _holds[b]) {
+        try audit.rejectRecord(
+            _blocks[b].hash, i, leaf, proof, _holds[b], _blocks[b].releasesDigest
+        ) {
             _reject(b, i);
         } catch (bytes memory reason) {
             _surprise("rejectRecord reverted", reason);
@@ -371,21 +378,28 @@ contract Handler {
         _expectRefusal("appendBlock not linked", ok, reason, expected);
     }
 
-    /// @notice Anyone audits a block that is not complete with a forged holds list (an
-    /// amount, a merchant or a payer changed): the holds digest must refuse it.
+    /// @notice Anyone audits a block that is not complete with forged releases (an
+    /// amount or a merchant changed) or a forged holds list (an amount, a merchant or a
+    /// payer changed): the settlement digest must refuse it.
     function auditForgedHolds(uint256 blockSeed, uint256 modeSeed) external {
         (bool found, uint256 b) = _findAuditable(blockSeed);
         if (!found) return;
-        bytes memory forged = _forgeHolds(_holds[b], modeSeed);
+        Block memory block_ = _blocks[b];
+        ILedger.Release[] memory releases = _releases[b];
+        bytes32 holdsDigest = block_.holdsDigest;
+        if (modeSeed % 2 == 0) releases = _forgeReleases(releases, modeSeed >> 1);
+        else holdsDigest = _digestOf(_forgeHolds(_holds[b], modeSeed >> 1));
         bytes memory expected = abi.encodeWithSelector(
             ISettlementAudit.AuditHoldsMismatch.selector,
-            _blocks[b].holdsDigest,
-            _digestOf(forged)
+            _settlementDigest(block_.holdsDigest, block_.releasesDigest),
+            _settlementDigest(holdsDigest, _releasesDigest(releases))
         );
 
         VM.prank(OUTSIDER);
         (bool ok, bytes memory reason) = address(audit).call(
-            abi.encodeCall(audit.auditBlock, (_blocks[b].hash, _leafHashes[b], forged))
+            abi.encodeCall(
+                audit.auditBlock, (block_.hash, _leafHashes[b], holdsDigest, releases)
+            )
         );
         // Had it passed, the records are resolved all the same: the books follow.
         if (ok) _settleAllOpen(b);
@@ -455,7 +469,7 @@ contract Handler {
         uint256 amount = held + 1 + (modeSeed >> 8) % 3;
         bytes memory call_;
         if (modeSeed % 2 == 0) {
-            call_ = abi.encodeCall(ledger.release, (_one(merchant), _one(amount)));
+            call_ = abi.encodeCall(ledger.release, (_one(merchant, amount)));
         } else {
             address payer = _payers[(modeSeed >> 16) % OPEN_PAYERS].account;
             call_ = abi.encodeCall(ledger.refund, (payer, merchant, uint64(amount)));
@@ -751,6 +765,7 @@ contract Handler {
                 height: uint64(b + 1),
                 timestamp: draft.header.timestamp,
                 holdsDigest: _digestOf(holds),
+                releasesDigest: 0,
                 settled: 0,
                 rejected: 0
             })
@@ -932,9 +947,11 @@ contract Handler {
         view
         returns (bytes memory)
     {
-        bytes32 blockHash = _blocks[b].hash;
-        bytes memory holds = _holds[b];
-        return abi.encodeCall(audit.rejectRecord, (blockHash, i, leaf, proof, holds));
+        Block memory block_ = _blocks[b];
+        return abi.encodeCall(
+            audit.rejectRecord,
+            (block_.hash, i, leaf, proof, _holds[b], block_.releasesDigest)
+        );
     }
 
     /// @dev A leaf and proof for record `i` that do not lead to the stored root: a byte
@@ -995,7 +1012,7 @@ contract Handler {
             call_ = abi.encodeCall(ledger.appendBlock, (draft.header, draft.leaves));
         } else if (kind == 1) {
             role = ledger.AUDIT_ROLE();
-            call_ = abi.encodeCall(ledger.release, (_one(merchant), _one(amount)));
+            call_ = abi.encodeCall(ledger.release, (_one(merchant, amount)));
         } else if (kind == 2) {
             role = ledger.AUDIT_ROLE();
             call_ = abi.encodeCall(ledger.refund, (payer, merchant, uint64(amount)));
@@ -1180,6 +1197,74 @@ contract Handler {
         return sha256(abi.encodePacked(sha256(packed)));
     }
 
+    /// @dev Keeps the releases of block `b` from its append's `HoldPlaced` logs, and
+    /// checks that they hold for each merchant what the ghost approved for it.
+    function _keepReleases(uint256 b, Vm.Log[] memory logs) internal {
+        bytes32 placed = keccak256("HoldPlaced(bytes32,address,uint256)");
+        uint256[3] memory released;
+        uint256[3] memory approved;
+        for (uint256 k = 0; k < logs.length; ++k) {
+            if (logs[k].emitter != address(ledger) || logs[k].topics[0] != placed) continue;
+            address merchant = address(uint160(uint256(logs[k].topics[2])));
+            uint256 amount = abi.decode(logs[k].data, (uint256));
+            _releases[b].push(ILedger.Release(merchant, amount));
+            released[_merchantIx(merchant)] += amount;
+        }
+        Entry[] storage entries = _entries[b];
+        for (uint256 i = 0; i < entries.length; ++i) {
+            if (!entries[i].approved) continue;
+            approved[_merchantIx(entries[i].merchant)] += entries[i].amount;
+        }
+        for (uint256 m = 0; m < 3; ++m) {
+            if (released[m] != approved[m]) _bookkeepingError("releases", bytes32(released[m]));
+        }
+        _blocks[b].releasesDigest = _releasesDigest(_releases[b]);
+    }
+
+    function _merchantIx(address merchant) internal view returns (uint256) {
+        for (uint256 m = 0; m < 3; ++m) {
+            if (merchants[m] == merchant) return m;
+        }
+        revert ExpectedRevert(abi.encode("unknown merchant", merchant));
+    }
+
+    /// @dev The releases digest: keccak256 chained over (merchant, amount), from zero.
+    function _releasesDigest(ILedger.Release[] memory releases)
+        internal
+        pure
+        returns (bytes32 digest)
+    {
+        for (uint256 k = 0; k < releases.length; ++k) {
+            digest =
+                keccak256(abi.encodePacked(digest, releases[k].merchant, releases[k].amount));
+        }
+    }
+
+    function _settlementDigest(bytes32 holdsDigest, bytes32 releasesDigest)
+        internal
+        pure
+        returns (bytes32)
+    {
+        return keccak256(abi.encodePacked(holdsDigest, releasesDigest));
+    }
+
+    /// @dev One release of the list changed: its amount or its merchant; or, for a
+    /// block with none, one added.
+    function _forgeReleases(ILedger.Release[] memory releases, uint256 modeSeed)
+        internal
+        view
+        returns (ILedger.Release[] memory forged)
+    {
+        if (releases.length == 0) return _one(merchants[modeSeed % 3], 1);
+        forged = new ILedger.Release[](releases.length);
+        for (uint256 j = 0; j < releases.length; ++j) {
+            forged[j] = ILedger.Release(releases[j].merchant, releases[j].amount);
+        }
+        uint256 k = (modeSeed >> 8) % releases.length;
+        if (modeSeed % 2 == 0) forged[k].amount += 1;
+        else forged[k].merchant = merchants[(_merchantIx(forged[k].merchant) + 1) % 3];
+    }
+
     /// @dev The holds digest: keccak256 chained over the 64-byte holds, from zero.
     function _digestOf(bytes memory holds) internal pure returns (bytes32 digest) {
         for (uint256 o = 0; o < holds.length; o += 64) {
@@ -1227,13 +1312,12 @@ contract Handler {
         modulus[255] = 0x01;
     }
 
-    function _one(address merchant) internal pure returns (address[] memory list) {
-        list = new address[](1);
-        list[0] = merchant;
-    }
-
-    function _one(uint256 amount) internal pure returns (uint256[] memory list) {
-        list = new uint256[](1);
-        list[0] = amount;
+    function _one(address merchant, uint256 amount)
+        internal
+        pure
+        returns (ILedger.Release[] memory list)
+    {
+        list = new ILedger.Release[](1);
+        list[0] = ILedger.Release(merchant, amount);
     }
 }

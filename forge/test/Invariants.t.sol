@@ -147,7 +147,7 @@ abstract contract InvariantsBase is InvariantTest {
         }
     }
 
-    /// @notice What the Ledger stored of a block (root, sizes, height, time, holds
+    /// @notice What the Ledger stored of a block (root, sizes, height, time, settlement
     /// digest) is what the bookkeeper built, and never changes.
     function check_storedBlocksNeverChange() public view {
         Handler.Block[] memory blocks = handler.blocks();
@@ -159,7 +159,9 @@ abstract contract InvariantsBase is InvariantTest {
             _equal("approved count", stored.approvedCount, ghost.approvedCount);
             _equal("height", stored.height, ghost.height);
             _equal("timestamp", stored.timestamp, ghost.timestamp);
-            _equal("holds digest", uint256(stored.holdsDigest), uint256(ghost.holdsDigest));
+            bytes32 settlement =
+                keccak256(abi.encodePacked(ghost.holdsDigest, ghost.releasesDigest));
+            _equal("settlement digest", uint256(stored.settlementDigest), uint256(settlement));
         }
     }
 

@@ -112,7 +112,7 @@ def test_renouncing_another_accounts_role_is_refused(deployed, outsider, owner, 
 
 def test_open_settlement_calls_with_junk_change_nothing(audit, ledger, outsider):
     with ape.reverts(audit.AuditUnknownBlock):
-        audit.auditBlock(bytes(32), [], b"", sender=outsider)
+        audit.auditBlock(bytes(32), [], bytes(32), [], sender=outsider)
 
     with ape.reverts(audit.AuditUnknownBlock):
         audit.settleRecord(bytes(32), 0, bytes(165), [], sender=outsider)

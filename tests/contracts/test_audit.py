@@ -11,7 +11,13 @@ import ape
 import pytest
 
 from posaudit.audittree import AuditTree, leaf_hash
-from posaudit.records import SignedRecord, encode_hold, encode_record
+from posaudit.records import (
+    SignedRecord,
+    encode_hold,
+    encode_record,
+    holds_digest,
+    releases_digest,
+)
 from posaudit.rules import StatusCode
 from posaudit.signing import generate_key, public_numbers
 
@@ -20,20 +26,31 @@ Status = {"unknown": 0, "rules": 1, "held": 2, "settled": 3, "audit": 4}
 
 @dataclasses.dataclass
 class Block:
-    """A block on chain with what its bookkeeper keeps: the tree and the holds."""
+    """A block on chain with what its bookkeeper keeps: the tree, the holds of its
+    approved records and its releases (what it holds for each merchant)."""
 
     block_hash: bytes
     records: list[SignedRecord]
     tree: AuditTree
     holds: bytes
+    releases: list[tuple[str, int]]
     receipt: Any
 
     def proof(self, index: int) -> list[bytes]:
         return self.tree.inclusion_proof(index)
 
+    def audit_args(self, releases: list[tuple[str, int]] | None = None) -> tuple:
+        """``auditBlock``'s arguments: leaf hashes, holds digest and releases."""
+        given = self.releases if releases is None else releases
+        return (self.block_hash, self.tree.leaf_hashes, holds_digest(self.holds), given)
+
+    @property
+    def releases_digest(self) -> bytes:
+        return releases_digest(self.releases)
+
 
 @pytest.fixture
-def settle_block(append: Any, audit: Any) -> Any:
+def settle_block(append: Any, audit: Any, ledger: Any) -> Any:
     """Factory: append records as one block, returning what the audit needs."""
 
     def factory(records: Sequence[SignedRecord], **kwargs: Any) -> Block:
@@ -44,8 +61,17 @@ def settle_block(append: Any, audit: Any) -> Any:
             for record, code in zip(records, appended.codes, strict=True)
             if code == StatusCode.APPROVED
         )
+        releases = [
+            (event.merchant, int(event.amount))
+            for event in appended.receipt.events.filter(ledger.HoldPlaced)
+        ]
         return Block(
-            appended.header.block_hash, list(records), tree, holds, appended.receipt
+            appended.header.block_hash,
+            list(records),
+            tree,
+            holds,
+            releases,
+            appended.receipt,
         )
 
     return factory
@@ -80,9 +106,7 @@ class TestBlockAudit:
         block = settle_block(records)
         before = money(ledger, payers, [merchant, other_merchant])
 
-        receipt = audit.auditBlock(
-            block.block_hash, block.tree.leaf_hashes, block.holds, sender=merchant
-        )
+        receipt = audit.auditBlock(*block.audit_args(), sender=merchant)
 
         after = money(ledger, payers, [merchant, other_merchant])
         assert after[0] == before[0]
@@ -104,9 +128,7 @@ class TestBlockAudit:
         ]
         block = settle_block(records)
 
-        receipt = audit.auditBlock(
-            block.block_hash, block.tree.leaf_hashes, block.holds, sender=merchant
-        )
+        receipt = audit.auditBlock(*block.audit_args(), sender=merchant)
 
         assert ledger.creditOf(merchant) == 1_000
         assert ledger.heldFor(merchant) == 0
@@ -119,9 +141,7 @@ class TestBlockAudit:
     ):
         block = settle_block([make_record(amount=999_999)])
 
-        receipt = audit.auditBlock(
-            block.block_hash, block.tree.leaf_hashes, block.holds, sender=merchant
-        )
+        receipt = audit.auditBlock(*block.audit_args(), sender=merchant)
 
         event = receipt.events.filter(audit.SettlementComplete)[0]
         assert (event.settled, event.rejected) == (0, 0)
@@ -131,14 +151,10 @@ class TestBlockAudit:
         self, audit, ledger, settle_block, make_record, payers, merchant
     ):
         block = settle_block([make_record(amount=300), make_record(amount=200)])
-        audit.auditBlock(
-            block.block_hash, block.tree.leaf_hashes, block.holds, sender=merchant
-        )
+        audit.auditBlock(*block.audit_args(), sender=merchant)
         before = money(ledger, payers, [merchant])
 
-        receipt = audit.auditBlock(
-            block.block_hash, block.tree.leaf_hashes, block.holds, sender=merchant
-        )
+        receipt = audit.auditBlock(*block.audit_args(), sender=merchant)
 
         assert money(ledger, payers, [merchant]) == before
         assert ledger.creditOf(merchant) == 500
@@ -152,9 +168,7 @@ class TestBlockAudit:
         records = [make_record(amount=1, payer=payers[i % 8]) for i in range(300)]
         block = settle_block(records)
 
-        audit.auditBlock(
-            block.block_hash, block.tree.leaf_hashes, block.holds, sender=merchant
-        )
+        audit.auditBlock(*block.audit_args(), sender=merchant)
 
         assert ledger.creditOf(merchant) == 300
         assert audit.statusOf(block.block_hash, 299) == Status["settled"]
@@ -177,9 +191,7 @@ class TestBlockAudit:
         _register(registry, owner, ids, shops)
         block = settle_block(records)
 
-        audit.auditBlock(
-            block.block_hash, block.tree.leaf_hashes, block.holds, sender=owner
-        )
+        audit.auditBlock(*block.audit_args(), sender=owner)
 
         assert [ledger.creditOf(shop) for shop in shops] == [33] * 10
         assert [ledger.heldFor(shop) for shop in shops] == [0] * 10
@@ -205,55 +217,70 @@ class TestBlockAuditRefusals:
     def test_tampered_leaf_hash_is_a_root_mismatch(
         self, audit, ledger, block, payers, merchant, outsider
     ):
-        hashes = block.tree.leaf_hashes
+        block_hash, hashes, digest, releases = block.audit_args()
         hashes[3] = bytes([hashes[3][0] ^ 1]) + hashes[3][1:]
         before = money(ledger, payers, [merchant])
 
         with ape.reverts(audit.AuditRootMismatch):
-            audit.auditBlock(block.block_hash, hashes, block.holds, sender=outsider)
+            audit.auditBlock(block_hash, hashes, digest, releases, sender=outsider)
 
         assert money(ledger, payers, [merchant]) == before
 
     def test_leaf_hashes_of_another_count_are_refused(self, audit, block, outsider):
-        with ape.reverts(audit.AuditLeafCount):
-            audit.auditBlock(
-                block.block_hash,
-                block.tree.leaf_hashes[:4],
-                block.holds,
-                sender=outsider,
-            )
+        block_hash, hashes, digest, releases = block.audit_args()
 
-    @pytest.mark.parametrize("offset", [0, 8, 16, 24, 44, 63], ids=lambda o: f"byte{o}")
-    def test_altered_holds_are_refused(
-        self, audit, ledger, block, payers, merchant, outsider, offset
+        with ape.reverts(audit.AuditLeafCount):
+            audit.auditBlock(block_hash, hashes[:4], digest, releases, sender=outsider)
+
+    @pytest.mark.parametrize(
+        ("field", "change"),
+        [("merchant", "0x" + "66" * 20), ("amount", 1)],
+        ids=["another-merchant", "amount-plus-one"],
+    )
+    def test_altered_releases_are_refused(
+        self, audit, ledger, block, payers, merchant, outsider, field, change
     ):
-        """Changing any field of a hold (terminal, sequence, amount, merchant,
-        payer) no longer reproduces the digest."""
-        holds = bytearray(block.holds)
-        holds[64 + offset] ^= 0x01
+        """Paying another merchant, or more, no longer reproduces the digest."""
+        (shop, amount), *rest = block.releases
+        altered = (change, amount) if field == "merchant" else (shop, amount + change)
         before = money(ledger, payers, [merchant])
 
         with ape.reverts(audit.AuditHoldsMismatch):
-            audit.auditBlock(
-                block.block_hash, block.tree.leaf_hashes, bytes(holds), sender=outsider
-            )
+            audit.auditBlock(*block.audit_args([altered, *rest]), sender=outsider)
 
         assert money(ledger, payers, [merchant]) == before
 
-    def test_truncated_holds_are_refused(self, audit, block, outsider):
-        with ape.reverts(audit.AuditMalformedHolds):
+    def test_releases_cut_short_or_repeated_are_refused(self, audit, block, outsider):
+        for releases in ([], [*block.releases, *block.releases]):
+            with ape.reverts(audit.AuditHoldsMismatch):
+                audit.auditBlock(*block.audit_args(releases), sender=outsider)
+
+    @pytest.mark.parametrize("offset", [0, 8, 16, 24, 44, 63], ids=lambda o: f"byte{o}")
+    def test_another_holds_digest_is_refused(
+        self, audit, ledger, block, payers, merchant, outsider, offset
+    ):
+        """The holds digest binds every field of every hold (terminal, sequence,
+        amount, merchant, payer), so one changed hold gives another digest."""
+        holds = bytearray(block.holds)
+        holds[64 + offset] ^= 0x01
+        block_hash, hashes, _, releases = block.audit_args()
+
+        with ape.reverts(audit.AuditHoldsMismatch):
             audit.auditBlock(
-                block.block_hash,
-                block.tree.leaf_hashes,
-                block.holds[:-1],
+                block_hash,
+                hashes,
+                holds_digest(bytes(holds)),
+                releases,
                 sender=outsider,
             )
 
+        assert audit.auditOf(block.block_hash).settled == 0
+
     def test_unknown_block_is_refused(self, audit, block, outsider):
+        _, hashes, digest, releases = block.audit_args()
+
         with ape.reverts(audit.AuditUnknownBlock):
-            audit.auditBlock(
-                bytes(32), block.tree.leaf_hashes, block.holds, sender=outsider
-            )
+            audit.auditBlock(bytes(32), hashes, digest, releases, sender=outsider)
 
 
 class TestSettleRecord:
@@ -298,9 +325,7 @@ class TestSettleRecord:
             block.block_hash, 0, block.records[0].leaf, block.proof(0), sender=outsider
         )
 
-        receipt = audit.auditBlock(
-            block.block_hash, block.tree.leaf_hashes, block.holds, sender=outsider
-        )
+        receipt = audit.auditBlock(*block.audit_args(), sender=outsider)
 
         assert ledger.creditOf(merchant) == 1_500
         assert ledger.heldFor(merchant) == 0
@@ -502,6 +527,7 @@ class TestRejectRecord:
             block.records[1].leaf,
             self.bad_proof(block, 1),
             block.holds,
+            block.releases_digest,
             sender=owner,
         )
 
@@ -521,7 +547,13 @@ class TestRejectRecord:
         forged = make_record(amount=5_000, payer=payers[7]).leaf
 
         audit.rejectRecord(
-            block.block_hash, 1, forged, block.proof(1), block.holds, sender=owner
+            block.block_hash,
+            1,
+            forged,
+            block.proof(1),
+            block.holds,
+            block.releases_digest,
+            sender=owner,
         )
 
         assert ledger.accountOf(payers[1]).balance == 100_000
@@ -544,6 +576,7 @@ class TestRejectRecord:
             records[2].leaf,
             self.bad_proof(block, 2),
             block.holds,
+            block.releases_digest,
             sender=owner,
         )
 
@@ -559,12 +592,11 @@ class TestRejectRecord:
             block.records[0].leaf,
             self.bad_proof(block, 0),
             block.holds,
+            block.releases_digest,
             sender=owner,
         )
 
-        receipt = audit.auditBlock(
-            block.block_hash, block.tree.leaf_hashes, block.holds, sender=owner
-        )
+        receipt = audit.auditBlock(*block.audit_args(), sender=owner)
 
         event = receipt.events.filter(audit.SettlementComplete)[0]
         assert (event.settled, event.rejected) == (2, 1)
@@ -581,6 +613,7 @@ class TestRejectRecord:
                 block.records[0].leaf,
                 self.bad_proof(block, 0),
                 block.holds,
+                block.releases_digest,
                 sender=outsider,
             )
 
@@ -594,6 +627,7 @@ class TestRejectRecord:
                 block.records[0].leaf,
                 block.proof(0),
                 block.holds,
+                block.releases_digest,
                 sender=owner,
             )
 
@@ -609,6 +643,7 @@ class TestRejectRecord:
                 block.records[0].leaf,
                 self.bad_proof(block, 0),
                 block.holds,
+                block.releases_digest,
                 sender=owner,
             )
 
@@ -623,6 +658,21 @@ class TestRejectRecord:
                 block.records[1].leaf,
                 self.bad_proof(block, 1),
                 bytes(holds),
+                block.releases_digest,
+                sender=owner,
+            )
+
+    def test_rejection_with_another_releases_digest_is_refused(
+        self, audit, block, owner
+    ):
+        with ape.reverts(audit.AuditHoldsMismatch):
+            audit.rejectRecord(
+                block.block_hash,
+                1,
+                block.records[1].leaf,
+                self.bad_proof(block, 1),
+                block.holds,
+                bytes(32),
                 sender=owner,
             )
 
@@ -630,7 +680,7 @@ class TestRejectRecord:
 class TestLedgerAuditRole:
     def test_only_the_audit_role_releases(self, ledger, merchant, outsider):
         with ape.reverts(ledger.AccessControlUnauthorizedAccount):
-            ledger.release([merchant], [1], sender=outsider)
+            ledger.release([(merchant, 1)], sender=outsider)
 
     def test_only_the_audit_role_refunds(self, ledger, payers, merchant, outsider):
         with ape.reverts(ledger.AccessControlUnauthorizedAccount):
@@ -640,7 +690,7 @@ class TestLedgerAuditRole:
         ledger.grantRole(ledger.AUDIT_ROLE(), owner, sender=owner)
 
         with ape.reverts(ledger.LedgerHoldTooSmall):
-            ledger.release([merchant], [1], sender=owner)
+            ledger.release([(merchant, 1)], sender=owner)
 
 
 class TestDisputeView:

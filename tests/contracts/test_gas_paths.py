@@ -2,9 +2,10 @@
 
 The Ledger keeps a block's terminals in a direct-mapped memory table (registry answer,
 last sequence, amount held) and writes each payer's packed account once per record; a
-whole-block audit sums runs of holds per merchant and writes no resolution bits. These
-tests drive each of those paths where it could go wrong: terminals evicting one another
-from a table slot, more terminals than slots, account fields an approval must keep, and
+whole-block audit pays the block's releases (one per terminal, summed by the Ledger)
+and writes no resolution bits. These tests drive each of those paths where it could go
+wrong: terminals evicting one another from a table slot, more terminals than slots,
+account fields an approval must keep, releases after records settled one by one, and
 the state a complete block must report without its bits.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 import pytest
 
 from posaudit.audittree import AuditTree
-from posaudit.records import encode_hold
+from posaudit.records import encode_hold, holds_digest, releases_digest
 from posaudit.rules import LedgerModel, PayerAccount, StatusCode, TerminalEntry
 from posaudit.signing import generate_key, public_numbers
 
@@ -28,8 +29,6 @@ REJECTED_BY_RULES = 1
 # The Ledger's terminal table: 64 slots picked by Fibonacci hashing of the 8-byte id.
 TERMINAL_HASH = 0x9E3779B97F4A7C15
 TERMINAL_SLOT_BITS = 6
-# MERCHANT_LOOKBACK of SettlementAudit.
-MERCHANT_LOOKBACK = 8
 MAX_AMOUNT = 2**63 - 1
 
 
@@ -66,18 +65,20 @@ def model_of(domain: Any, payers: list[str], terminals: dict[str, str]) -> Ledge
     return model
 
 
-def expected_releases(holds: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """The (merchant, amount) entries of a block audit, one hold at a time."""
-    entries: list[list[Any]] = []
-    for shop, amount in holds:
-        first = max(len(entries) - MERCHANT_LOOKBACK, 0)
-        for entry in reversed(entries[first:]):
-            if entry[0] == shop:
-                entry[1] += amount
-                break
-        else:
-            entries.append([shop, amount])
-    return [(shop, amount) for shop, amount in entries]
+def placed(ledger: Any, receipt: Any) -> list[tuple[str, int]]:
+    """A block's releases, from its append receipt's ``HoldPlaced`` events."""
+    return [
+        (log.merchant, int(log.amount))
+        for log in receipt.events.filter(ledger.HoldPlaced)
+    ]
+
+
+def released(ledger: Any, receipt: Any) -> list[tuple[str, int]]:
+    """What an audit paid, from its receipt's ``HoldReleased`` events."""
+    return [
+        (log.merchant.lower(), int(log.amount))
+        for log in receipt.events.filter(ledger.HoldReleased)
+    ]
 
 
 @pytest.fixture
@@ -294,20 +295,25 @@ class TestPackedAccount:
 
 class TestWholeBlockAudit:
     @pytest.fixture
-    def audited(self, append, audit, make_record, payers, owner):
+    def audited(self, append, audit, ledger, make_record, payers, owner):
         """Three approved records and one the rules rejected, audited as a block."""
         records = [make_record(amount=100 * (i + 1), payer=payers[i]) for i in range(3)]
         records.append(make_record(currency="USD"))
         appended = append(records)
         tree = AuditTree.from_leaves(record.leaf for record in records)
         holds = b"".join(encode_hold(record.record) for record in records[:3])
+        releases = placed(ledger, appended.receipt)
         audit.auditBlock(
-            appended.header.block_hash, tree.leaf_hashes, holds, sender=owner
+            appended.header.block_hash,
+            tree.leaf_hashes,
+            holds_digest(holds),
+            releases,
+            sender=owner,
         )
-        return appended.header.block_hash, records, tree, holds
+        return appended.header.block_hash, records, tree, holds, releases
 
     def test_every_record_reports_its_final_status(self, audit, audited):
-        block_hash, _, _, _ = audited
+        block_hash, *_ = audited
 
         statuses = [audit.statusOf(block_hash, index) for index in range(4)]
 
@@ -317,7 +323,7 @@ class TestWholeBlockAudit:
     def test_a_receipt_settles_nothing_more(
         self, audit, ledger, audited, merchant, outsider
     ):
-        block_hash, records, tree, _ = audited
+        block_hash, records, tree, *_ = audited
         credit = ledger.creditOf(merchant)
 
         receipt = audit.settleRecord(
@@ -329,25 +335,32 @@ class TestWholeBlockAudit:
         assert audit.auditOf(block_hash).settled == 3
 
     def test_a_settled_record_cannot_be_rejected(self, audit, audited, owner):
-        block_hash, records, tree, holds = audited
+        block_hash, records, tree, holds, releases = audited
         bad_proof = [bytes(32)] * len(tree.inclusion_proof(1))
 
         # pytest.raises, not ape.reverts: the Ledger's own revert must not pass for it.
         with pytest.raises(audit.AuditAlreadyResolved):
             audit.rejectRecord(
-                block_hash, 1, records[1].leaf, bad_proof, holds, sender=owner
+                block_hash,
+                1,
+                records[1].leaf,
+                bad_proof,
+                holds,
+                releases_digest(releases),
+                sender=owner,
             )
 
 
-class TestReleaseRuns:
-    """A block audit sums runs of one merchant's holds and pays entries as before."""
+class TestReleases:
+    """The Ledger sums a block's holds per terminal; the audit pays those releases,
+    less what records settled one by one took."""
 
     SHOPS: ClassVar[list[str]] = [f"0x{0xB0B100 + i:040x}" for i in range(10)]
-    # Runs, returns within the lookback, and returns after it has moved on.
+    # Which shop takes each record: runs, returns, shops seen once.
     PATTERN: ClassVar[list[int]] = [0, 0, 1, 1, 1, 2, 0, 0, 3, 4, 5, 6, 7, 8, 9, 9, 0]
 
     @pytest.fixture
-    def block(self, append, make_record, registry, owner, payers):
+    def block(self, append, ledger, make_record, registry, owner, payers):
         ids = {f"RUNS{i:04d}": shop for i, shop in enumerate(self.SHOPS)}
         register(registry, owner, ids)
         terminal_of = {shop: terminal_id for terminal_id, shop in ids.items()}
@@ -364,30 +377,43 @@ class TestReleaseRuns:
         assert set(appended.codes) == {S.APPROVED}
         tree = AuditTree.from_leaves(record.leaf for record in records)
         holds = b"".join(encode_hold(record.record) for record in records)
-        return appended.header.block_hash, records, tree, holds
+        return appended.header.block_hash, records, tree, holds, appended.receipt
 
-    def released(self, ledger: Any, receipt: Any) -> list[tuple[str, int]]:
-        return [
-            (log.merchant.lower(), log.amount)
-            for log in receipt.events.filter(ledger.HoldReleased)
-        ]
+    def totals(self, records: list[Any], skip: tuple[int, ...] = ()) -> dict[str, int]:
+        sums: dict[str, int] = {}
+        for index, signed in enumerate(records):
+            if index not in skip:
+                shop = signed.record.merchant
+                sums[shop] = sums.get(shop, 0) + signed.record.amount
+        return sums
 
-    def test_fresh_block_pays_the_entries_of_one_hold_at_a_time(
-        self, audit, ledger, block, outsider
-    ):
-        block_hash, records, tree, holds = block
+    def test_ledger_places_one_release_per_terminal(self, ledger, block):
+        _, records, _, _, receipt = block
 
-        receipt = audit.auditBlock(block_hash, tree.leaf_hashes, holds, sender=outsider)
+        releases = placed(ledger, receipt)
 
-        holds_list = [(r.record.merchant, r.record.amount) for r in records]
-        assert self.released(ledger, receipt) == expected_releases(holds_list)
+        assert {shop.lower(): amount for shop, amount in releases} == self.totals(
+            records
+        )
+        assert len(releases) == len(self.SHOPS)
+
+    def test_fresh_block_pays_its_releases(self, audit, ledger, block, outsider):
+        block_hash, _, tree, holds, appended = block
+        releases = placed(ledger, appended)
+
+        receipt = audit.auditBlock(
+            block_hash, tree.leaf_hashes, holds_digest(holds), releases, sender=outsider
+        )
+
+        assert released(ledger, receipt) == [(s.lower(), a) for s, a in releases]
         assert [ledger.heldFor(shop) for shop in self.SHOPS] == [0] * 10
 
-    def test_block_settled_in_part_pays_the_rest_as_before(
+    def test_block_settled_in_part_pays_the_rest_once(
         self, audit, ledger, block, outsider
     ):
-        block_hash, records, tree, holds = block
-        for index in (1, 7, 15):
+        block_hash, records, tree, holds, appended = block
+        settled_alone = (1, 7, 15)
+        for index in settled_alone:
             audit.settleRecord(
                 block_hash,
                 index,
@@ -396,13 +422,48 @@ class TestReleaseRuns:
                 sender=outsider,
             )
 
-        receipt = audit.auditBlock(block_hash, tree.leaf_hashes, holds, sender=outsider)
+        receipt = audit.auditBlock(
+            block_hash,
+            tree.leaf_hashes,
+            holds_digest(holds),
+            placed(ledger, appended),
+            sender=outsider,
+        )
 
-        rest = [
-            (r.record.merchant, r.record.amount)
-            for index, r in enumerate(records)
-            if index not in (1, 7, 15)
-        ]
-        assert self.released(ledger, receipt) == expected_releases(rest)
+        rest = self.totals(records, settled_alone)
+        assert dict(released(ledger, receipt)) == {shop: rest[shop] for shop in rest}
         assert [ledger.heldFor(shop) for shop in self.SHOPS] == [0] * 10
+        assert [ledger.creditOf(shop) for shop in self.SHOPS] == [
+            self.totals(records)[shop] for shop in self.SHOPS
+        ]
         assert audit.auditOf(block_hash).settled == len(records)
+
+    def test_merchant_of_two_terminals_is_paid_once_what_is_left(
+        self, audit, ledger, append, make_record, registry, owner, payers, outsider
+    ):
+        """What a record settled alone took comes off the merchant's releases in
+        turn, however many terminals of the merchant the block has."""
+        shop = f"0x{0xB0B200:040x}"
+        register(registry, owner, {"TWIN0001": shop, "TWIN0002": shop})
+        records = [
+            make_record(terminal_id="TWIN0001", merchant=shop, amount=10),
+            make_record(terminal_id="TWIN0002", merchant=shop, amount=20),
+        ]
+        appended = append(records)
+        block_hash = appended.header.block_hash
+        tree = AuditTree.from_leaves(record.leaf for record in records)
+        audit.settleRecord(
+            block_hash, 1, records[1].leaf, tree.inclusion_proof(1), sender=outsider
+        )
+        holds = b"".join(encode_hold(record.record) for record in records)
+
+        receipt = audit.auditBlock(
+            block_hash,
+            tree.leaf_hashes,
+            holds_digest(holds),
+            placed(ledger, appended.receipt),
+            sender=outsider,
+        )
+
+        assert released(ledger, receipt) == [(shop, 10)]  # one payment for both
+        assert (ledger.creditOf(shop), ledger.heldFor(shop)) == (30, 0)

@@ -85,7 +85,6 @@ class Block:
     records: list[SignedRecord]
     result: AppendResult
     tree: AuditTree
-    holds: bytes
 
     @property
     def block_hash(self) -> bytes:
@@ -186,7 +185,7 @@ class _Builder:
         result = self.ledger.append(records)
         assert [outcome.code for outcome in result.outcomes] == codes
         tree = AuditTree.from_leaves(signed.leaf for signed in records)
-        block = Block(records, result, tree, result.holds)
+        block = Block(records, result, tree)
         self.scene.blocks.append(block)
         self._note(name, result.block_number, result.transaction_hash)
         return block
@@ -257,7 +256,12 @@ def scene(
             [OK, OK, OK],
         )
         build.send(
-            "s1", audits.audit_block, one.block_hash, one.tree.leaf_hashes, one.holds
+            "s1",
+            audits.audit_block,
+            one.block_hash,
+            one.tree.leaf_hashes,
+            one.result.holds,
+            one.result.releases,
         )
         build.send(
             "s2",
@@ -275,7 +279,8 @@ def scene(
             1,
             two.records[1].leaf,
             bad_proof,
-            two.holds,
+            two.result.holds,
+            two.result.releases,
         )
         build.append(
             "a3",

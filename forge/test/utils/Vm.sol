@@ -8,6 +8,13 @@ pragma solidity ^0.8.24;
 /// ship and which predates invariant targets.
 /// @dev Signatures as forge implements them; the cheatcode address is fixed.
 interface Vm {
+    /// @notice A log recorded since `recordLogs`.
+    struct Log {
+        bytes32[] topics;
+        bytes data;
+        address emitter;
+    }
+
     /// @notice Sets `block.timestamp`.
     function warp(uint256 newTimestamp) external;
 
@@ -19,6 +26,13 @@ interface Vm {
 
     /// @notice Ends a `startPrank`.
     function stopPrank() external;
+
+    /// @notice Starts recording the logs of the calls that follow.
+    function recordLogs() external;
+
+    /// @notice The logs recorded since `recordLogs` or the last call of this; stops
+    /// nothing.
+    function getRecordedLogs() external returns (Log[] memory logs);
 
     /// @notice Deploys the artifact `artifactPath` ("File.sol:Contract") with the
     /// ABI-encoded `constructorArgs`.
