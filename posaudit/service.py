@@ -31,7 +31,13 @@ from eth_account.signers.local import LocalAccount
 from web3.exceptions import Web3Exception
 
 from posaudit.audit import AuditClient
-from posaudit.bookkeeper import BatchPolicy, Bookkeeper, PreparedBlock, SentBlock
+from posaudit.bookkeeper import (
+    BatchPolicy,
+    Bookkeeper,
+    PreparedBlock,
+    Reconciliation,
+    SentBlock,
+)
 from posaudit.chain.deploy import Deployment
 from posaudit.config import Config
 from posaudit.exceptions import ChainError, RecordNotFoundError
@@ -108,15 +114,14 @@ class AuditWorker:
     The node then mines one block's append while the audit of the block before runs,
     instead of each waiting for the other. The worker has its own store connection
     and its own connection to the node (the auditor's link). A block whose audit
-    fails goes again after ``retry_delay``; one left when the loop stops is audited
-    by the reconciliation of the next start.
+    fails goes again once the loop has reconciled the store with the chain; one left
+    when the loop stops is audited by the reconciliation of the next start.
 
     Args:
         store_path: The store.
         ledger: A Ledger client for reads, on the worker's own connection.
         audit: The audit client, on the same connection.
         backlog: Blocks that may wait for their audit before :meth:`submit` waits.
-        retry_delay: Seconds before a failed audit goes again.
     """
 
     def __init__(
@@ -125,18 +130,33 @@ class AuditWorker:
         ledger: LedgerClient,
         audit: AuditClient,
         backlog: int = 4,
-        retry_delay: float = 1.0,
     ) -> None:
         self.store_path = store_path
         self.ledger = ledger
         self.audit = audit
-        self.retry_delay = retry_delay
         self.audited = 0
+        # Set, by the worker or the loop, when the node failed: the loop reconciles
+        # before anything else, and clears it. Meanwhile the worker starts no audit:
+        # a node that lost the settlement of older blocks must get it again before
+        # a newer block is settled (see Bookkeeper.reconcile).
+        self.reconcile_due = threading.Event()
+        # Held for each audit, and by the loop while it reconciles.
+        self.lock = threading.Lock()
         self._queue: queue.Queue[AppendResult] = queue.Queue(maxsize=backlog)
 
     def submit(self, appended: AppendResult) -> None:
-        """Hand over a block just appended and stored."""
-        self._queue.put(appended)
+        """Hand over a block just appended and stored.
+
+        While a reconciliation is due the block is left to it, which audits every
+        block the store holds unaudited: the worker waits for it, and the loop
+        must not wait for the worker.
+        """
+        while not self.reconcile_due.is_set():
+            try:
+                self._queue.put(appended, timeout=0.05)
+                return
+            except queue.Full:
+                pass
 
     def run(self, stop: threading.Event) -> None:
         """Audit what is handed over until ``stop`` is set."""
@@ -155,8 +175,13 @@ class AuditWorker:
     ) -> None:
         block = appended.block_hash.hex()
         while not stop.is_set():
+            if self.reconcile_due.is_set():
+                stop.wait(0.05)
+                continue
+
             try:
-                bookkeeper.audit(appended.block_hash, appended)
+                with self.lock:
+                    bookkeeper.audit(appended.block_hash, appended)
             except RecordNotFoundError:
                 # A reconciliation found the node without the block and put its
                 # records back in the outbox: there is nothing left to audit.
@@ -164,10 +189,10 @@ class AuditWorker:
                 return
             except NODE_ERRORS as err:
                 log.warning(
-                    "block audit failed; trying again",
+                    "block audit failed; trying again after a reconciliation",
                     extra={"block_hash": block, "error": str(err)},
                 )
-                stop.wait(self.retry_delay)
+                self.reconcile_due.set()
                 continue
 
             self.audited += 1
@@ -239,14 +264,21 @@ class BookkeeperLoop:
 
         ready: PreparedBlock | None = None
         while not stop.is_set():
+            if self.auditor is not None and self.auditor.reconcile_due.is_set():
+                self._failed = True
+            if ready is not None and self._failed:
+                # Built on what the store held before the audit worker's failure.
+                self._discard(ready)
+                ready = None
             if ready is None and self._failed:
-                self._failed = self._guarded(self.bookkeeper.reconcile) is None
+                self._failed = self._reconcile() is None
             if ready is None and not self._failed:
                 ready = self._guarded(lambda: self._next_block(None))
             if ready is None:
                 # Wake at the oldest record's flush timeout rather than up to one
-                # idle period after it: that wait is part of every latency.
-                stop.wait(min(self.idle, self._due_in))
+                # idle period after it: that wait is part of every latency. A node
+                # that failed is asked again a whole idle period later, not at once.
+                stop.wait(self.idle if self._failed else min(self.idle, self._due_in))
                 continue
 
             ready = self._advance(ready)
@@ -283,11 +315,29 @@ class BookkeeperLoop:
         following = self._guarded(lambda: self._next_block(sent))
         if self._finish(sent) is None:
             if following is not None:
-                self.bookkeeper.discard(following)
-                self._congested.pop(following.header.block_hash, None)
+                self._discard(following)
             return None
 
         return following
+
+    def _discard(self, prepared: PreparedBlock) -> None:
+        """Forget a block built and not sent; its records stay in the outbox."""
+        self.bookkeeper.discard(prepared)
+        self._congested.pop(prepared.header.block_hash, None)
+
+    def _reconcile(self) -> Reconciliation | None:
+        """Reconcile the store with the chain, with no audit of the worker's under
+        way; None when the node failed."""
+        if self.auditor is None:
+            return self._guarded(self.bookkeeper.reconcile)
+
+        with self.auditor.lock:
+            reconciled = self._guarded(self.bookkeeper.reconcile)
+
+        if reconciled is not None:
+            self.auditor.reconcile_due.clear()
+
+        return reconciled
 
     def _next_block(self, after: SentBlock | None) -> PreparedBlock | None:
         """The next block the policy wants, built from the outbox past ``after``."""
@@ -335,6 +385,8 @@ class BookkeeperLoop:
         except NODE_ERRORS as err:
             self.stats.failures += 1
             self._failed = True
+            if self.auditor is not None:
+                self.auditor.reconcile_due.set()
             log.warning("block not settled", extra={"error": str(err)})
             return None
 

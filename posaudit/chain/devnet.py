@@ -2,6 +2,10 @@
 
 The platform binary from ``node_modules/@foundry-rs/anvil-linux-*`` is run directly,
 because killing the npm wrapper leaves the real node running.
+
+A devnet with a state file can be stopped or killed and started again on the same
+port: it comes back with the state last written to the file, as a node restarted
+after a failure does.
 """
 
 from __future__ import annotations
@@ -64,7 +68,14 @@ class Devnet:
         block_time: Seconds between mined blocks; automine when omitted.
         accounts: Number of funded, unlocked dev accounts.
         state: File to load state from and dump it to on exit (``--state``).
+        state_interval: Whole seconds between two dumps of the state to ``state``
+            while the node runs (``--state-interval``, at least 1); a node killed
+            with SIGKILL comes back with the last of them. Only on exit when
+            omitted.
         startup_timeout: Seconds to wait for the node to answer.
+
+    Raises:
+        ValueError: ``state_interval`` is given without ``state``, or is below 1.
     """
 
     def __init__(
@@ -73,12 +84,23 @@ class Devnet:
         block_time: float | None = None,
         accounts: int = 10,
         state: Path | None = None,
+        state_interval: int | None = None,
         startup_timeout: float = 15.0,
     ) -> None:
+        if state_interval is not None and state is None:
+            raise ValueError(
+                f"state_interval is {state_interval} s but no state file is given;"
+                " pass state as well."
+            )
+
+        if state_interval is not None and state_interval < 1:
+            raise ValueError(f"state_interval is {state_interval} s; want 1 or more.")
+
         self.port = port or free_port()
         self.block_time = block_time
         self.accounts = accounts
         self.state = state
+        self.state_interval = state_interval
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -104,10 +126,16 @@ class Devnet:
         if self.state is not None:
             command += ["--state", str(self.state)]
 
+        if self.state_interval is not None:
+            command += ["--state-interval", str(self.state_interval)]
+
         return command
 
     def start(self) -> str:
         """Start anvil and wait until it answers ``eth_chainId``.
+
+        After :meth:`stop` or :meth:`kill` it starts again on the same port, from
+        what the state file holds (a fresh chain without one).
 
         Returns:
             The RPC URL.
@@ -174,11 +202,38 @@ class Devnet:
         log.info("devnet stopped", extra={"rpc_url": self.rpc_url})
 
     def kill(self) -> None:
-        """Kill anvil with SIGKILL, as a crash would."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
+        """Kill anvil with SIGKILL, as a crash would: what it mined since its last
+        state dump is lost."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+
+        process.kill()
+        process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+        log.info("devnet killed", extra={"rpc_url": self.rpc_url})
+
+    def restart(self, crash: bool = False) -> str:
+        """Stop anvil and start it again on the same port, from its state file.
+
+        Args:
+            crash: Kill it with SIGKILL (it comes back with its last periodic dump)
+                rather than stop it with SIGTERM (it dumps its whole state first).
+
+        Returns:
+            The RPC URL, unchanged.
+
+        Raises:
+            DevnetError: anvil did not start again.
+        """
+        if crash:
+            self.kill()
+        else:
+            self.stop()
+
+        return self.start()
 
     def __enter__(self) -> Devnet:
         self.start()

@@ -8,6 +8,12 @@ a margin to each estimate. With a
 local key it signs itself; with an address it lets the node sign (a devnet's unlocked
 accounts).
 
+A pending count below the sender's own means that the node has lost transactions the
+sender sent (a rollback, or a restart from an older state). A transaction with the
+sender's nonce would then wait behind the gap and never be mined, so the send fails
+at once, and the next one takes the node's count. A wait for a receipt likewise fails
+as soon as it finds its transaction dropped, or stuck behind such a gap.
+
 A caller that knows a safe gas limit passes it and saves the estimate, which costs the
 node several executions of the call (three times the mining of a 512-record block on
 anvil). Receipts are read raw and polled every few milliseconds: web3.py's wait sleeps
@@ -37,6 +43,9 @@ log = logging.getLogger(__name__)
 GAS_MARGIN = 1.2
 FIRST_POLL = 0.005
 MAX_POLL = 0.1
+# Seconds between two checks, while a receipt is awaited, that the node still knows
+# the transaction: one a rollback or a restart dropped will never be mined.
+KNOWN_CHECK = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,8 @@ class Sender:
 
         Raises:
             ChainError: The estimate shows the call would revert (the message names
-                the custom error), or the node refused the transaction.
+                the custom error), the node refused the transaction, or the node
+                has lost transactions this sender sent (nothing is sent).
         """
         with self._lock:
             params = self._params(call, gas)
@@ -159,9 +169,12 @@ class Sender:
         """The receipt of a sent transaction, once it is mined.
 
         Raises:
-            ChainError: It is not mined within ``timeout`` seconds.
+            ChainError: It is not mined within ``timeout`` seconds, or never will
+                be (checked every ``KNOWN_CHECK`` seconds): the node has dropped it,
+                or it waits behind transactions the node has lost.
         """
         deadline = time.monotonic() + timeout
+        check = time.monotonic() + KNOWN_CHECK
         poll = FIRST_POLL
         while True:
             found = self.w3.provider.make_request(  # type: ignore[arg-type]
@@ -178,8 +191,50 @@ class Sender:
                     f" {timeout:g} s."
                 )
 
+            if time.monotonic() > check:
+                self._check_known(transaction_hash)
+                check = time.monotonic() + KNOWN_CHECK
+
             time.sleep(poll)
             poll = min(poll * 1.25, MAX_POLL)
+
+    def _check_known(self, transaction_hash: bytes) -> None:
+        """Raise if a transaction sent and not mined never will be: the node has
+        dropped it, or it waits behind nonces the node has lost.
+
+        Raises:
+            ChainError: It will never be mined.
+        """
+        known = self.w3.provider.make_request(  # type: ignore[arg-type]
+            "eth_getTransactionByHash", ["0x" + transaction_hash.hex()]
+        ).get("result")
+        if known is None:
+            raise ChainError(
+                f"Transaction 0x{transaction_hash.hex()} is not mined and the node no"
+                " longer knows it: a rollback, or a restart from an older state,"
+                " dropped it."
+            )
+
+        if known.get("blockNumber") is not None:
+            return
+
+        nonce, counted = int(known["nonce"], 16), self._pending_count()
+        if nonce > counted:
+            with self._lock:
+                self._nonce = None
+            raise ChainError(
+                f"Transaction 0x{transaction_hash.hex()} has nonce {nonce}, but the"
+                f" node counts {counted} transactions from {self.address}: it waits"
+                " behind transactions the node has lost (a rollback, or a restart"
+                " from an older state)."
+            )
+
+    def _pending_count(self) -> int:
+        """The node's count of this account's transactions, pending ones included."""
+        counted = self.w3.provider.make_request(  # type: ignore[arg-type]
+            "eth_getTransactionCount", [self.address, "pending"]
+        )["result"]
+        return int(counted, 16)
 
     def _gas_limit(self, receipt: Mapping[str, Any], transaction_hash: bytes) -> int:
         """The gas limit of a mined transaction; asked of the node only when it
@@ -208,10 +263,17 @@ class Sender:
     def _params(self, call: Any, gas: int | None) -> dict[str, Any]:
         # Our own count keeps two sends in flight apart; the node's pending count
         # covers transactions sent from the same account by anyone else.
-        pending = self.w3.provider.make_request(  # type: ignore[arg-type]
-            "eth_getTransactionCount", [self.address, "pending"]
-        )["result"]
-        self._nonce = max(self._nonce or 0, int(pending, 16))
+        pending = self._pending_count()
+        if self._nonce is not None and pending < self._nonce:
+            ahead, self._nonce = self._nonce, None
+            raise ChainError(
+                f"The node counts {pending} transactions from {self.address} where"
+                f" this sender has sent {ahead}: it has lost some (a rollback, or a"
+                " restart from an older state). Nothing was sent; the next send"
+                " takes the node's count."
+            )
+
+        self._nonce = max(self._nonce or 0, pending)
         if gas is None:
             gas = self._estimate(call)
 

@@ -5,6 +5,9 @@ owns. Terminal threads upload signed records through the real gateway, retrying 
 the same body while the service is down; a killer thread sends SIGKILL at random
 moments and starts the service again. At the end, every record a terminal was told is
 accepted must be approved on chain exactly once and every block's settlement complete.
+
+:func:`run_flow` is the same trial with another disruption in the killer's place
+(``tests/python/test_node_failures.py`` stops, kills and rolls back the node).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from web3 import Web3
 
 from posaudit.audit import AuditClient
+from posaudit.auditor import Auditor, BlockRow
 from posaudit.chain.deploy import Deployment, connect, contract_at, deploy
 from posaudit.chain.devnet import Devnet, free_port
 from posaudit.exceptions import GatewayUnavailableError, PosauditError
@@ -55,6 +59,8 @@ class TrialResult:
     blocks_complete: int = 0
     credit: int = 0
     expected_credit: int = 0
+    held: int = 0
+    auditor_blocks: list[BlockRow] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -160,20 +166,24 @@ def _upload(
     acknowledged: set[tuple[str, int]],
     errors: list[str],
     lock: threading.Lock,
+    pace: float = 0.0,
 ) -> None:
+    """Upload ``records`` in chunks of ``batch``, waiting ``pace`` seconds per record
+    after each chunk (a terminal that takes payments over time, not all at once)."""
     for start in range(0, len(records), batch):
         chunk = records[start : start + batch]
         try:
             done = _send(client, chunk)
         except GatewayUnavailableError:
-            continue  # never acknowledged: it does not count
+            done = []  # never acknowledged: it does not count
         except PosauditError as err:
             with lock:
                 errors.append(f"{client.terminal_id}: {err}")
-            continue
+            done = []
 
         with lock:
             acknowledged.update(signed.record.key for signed in done)
+        time.sleep(pace * len(chunk))
 
 
 def _send(client: TerminalClient, chunk: list[SignedRecord]) -> list[SignedRecord]:
@@ -189,14 +199,45 @@ def _send(client: TerminalClient, chunk: list[SignedRecord]) -> list[SignedRecor
     ]
 
 
-def _killer(
-    service: ServiceProcess,
-    health: str,
-    progress: Callable[[], int],
-    stop: threading.Event,
-    rng: random.Random,
-    moments: list[int],
-) -> None:
+@dataclass
+class Flow:
+    """Records on their way through a running service, as a disruption sees them.
+
+    A disruption runs on a thread of its own while the terminals upload, and returns
+    soon after :attr:`stop` is set: the uploads are over.
+    """
+
+    devnet: Devnet
+    w3: Web3
+    deployment: Deployment
+    service: ServiceProcess
+    health: str
+    rng: random.Random
+    records: int
+    acknowledged: set[tuple[str, int]]
+    stop: threading.Event
+
+    def progress(self) -> int:
+        """Records acknowledged so far."""
+        return len(self.acknowledged)
+
+    def reach(self, moment: int) -> bool:
+        """Wait until ``moment`` records are acknowledged.
+
+        Returns:
+            False if the uploads ended first.
+        """
+        while self.progress() < moment:
+            if self.stop.wait(0.01):
+                return False
+
+        return True
+
+
+Disruption = Callable[[Flow], None]
+
+
+def _killer(flow: Flow, moments: list[int]) -> None:
     """SIGKILL the service once the flow has reached each of ``moments`` (records
     acknowledged so far), a random fraction of a second later, and start it again.
 
@@ -205,16 +246,15 @@ def _killer(
     of the work (before a send, between send and receipt, before a local write).
     """
     for moment in moments:
-        while progress() < moment:
-            if stop.wait(0.01):
-                return
-
-        _wait_healthy(health, stop)
-        if stop.wait(rng.uniform(0.0, KILL_JITTER)):
+        if not flow.reach(moment):
             return
 
-        service.kill()
-        service.start()
+        _wait_healthy(flow.health, flow.stop)
+        if flow.stop.wait(flow.rng.uniform(0.0, KILL_JITTER)):
+            return
+
+        flow.service.kill()
+        flow.service.start()
 
 
 def _wait_healthy(url: str, stop: threading.Event) -> None:
@@ -242,7 +282,10 @@ def _wait_settled(path: Path, timeout: float) -> None:
 
 
 def _count_on_chain(
-    w3: Web3, deployment: Deployment, result: TrialResult, amounts: dict
+    w3: Web3,
+    deployment: Deployment,
+    result: TrialResult,
+    amounts: dict[tuple[str, int], int],
 ) -> None:
     ledger = contract_at(w3, "Ledger", deployment.ledger)
     audit = AuditClient(w3, deployment, w3.eth.accounts[0])
@@ -254,10 +297,14 @@ def _count_on_chain(
         result.blocks_complete += audit.audit_of(
             bytes(event["args"]["blockHash"])
         ).complete
-    result.credit = int(
-        ledger.functions.creditOf(Web3.to_checksum_address(MERCHANT)).call()
-    )
+    merchant = Web3.to_checksum_address(MERCHANT)
+    result.credit = int(ledger.functions.creditOf(merchant).call())
+    result.held = int(ledger.functions.heldFor(merchant).call())
     result.expected_credit = sum(amounts[key] for key in result.acknowledged)
+    # A node restarted from a dump keeps no historical state to find the
+    # deployment's first block by; the devnet's chain starts with it anyway.
+    auditor = Auditor(w3, deployment, confirmations=0, start_block=0)
+    result.auditor_blocks = auditor.blocks()
 
 
 def run_trial(
@@ -273,21 +320,54 @@ def run_trial(
         kills: SIGKILLs during the upload, at moments drawn uniformly from the
             records acknowledged.
     """
+
+    def kill_service(flow: Flow) -> None:
+        moments = sorted(flow.rng.randrange(flow.records) for _ in range(kills))
+        _killer(flow, moments)
+
+    return run_flow(workdir, records_per_trial, seed, kill_service)
+
+
+def run_flow(
+    workdir: Path,
+    records_per_trial: int,
+    seed: int,
+    disrupt: Disruption,
+    devnet: Devnet | None = None,
+    batch: int = 100,
+    pace: float = 0.0,
+) -> TrialResult:
+    """A fresh chain and store, the service, four terminals uploading, and
+    ``disrupt`` on a thread of its own meanwhile; then the count on chain.
+
+    Args:
+        workdir: Folder for the deployment, the store, the config and the log.
+        records_per_trial: Records uploaded by four terminals (two one by one, two
+            in batches of ``batch``).
+        seed: Seeds the records and whatever ``disrupt`` draws from the flow's
+            random generator.
+        disrupt: What happens to the service or its node while records flow.
+        devnet: The node, not yet started; a plain devnet when omitted.
+        batch: Records per upload of the batching terminals.
+        pace: Seconds each terminal waits per record it has uploaded, so that the
+            flow lasts about ``pace * records_per_trial / 4`` seconds at least.
+    """
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with Devnet() as devnet:
-        w3 = connect(devnet.rpc_url)
+    node = devnet or Devnet()
+    with node:
+        w3 = connect(node.rpc_url)
         deployment, keys = _setup(w3, workdir)
         port = free_port()
         config = workdir / "posaudit.toml"
-        _write_config(config, devnet.rpc_url, workdir, port)
+        _write_config(config, node.rpc_url, workdir, port)
         service = ServiceProcess(config, workdir / "service.log")
         service.start()
         domain = Domain(deployment.chain_id, deployment.ledger)
         now = int(w3.eth.get_block("latest")["timestamp"])
         per_terminal = records_per_trial // TERMINALS
-        clients, work, amounts = [], [], {}
+        work, amounts = [], {}
         for index, (terminal_id, key) in enumerate(keys.items()):
             client = TerminalClient(
                 f"http://127.0.0.1:{port}",
@@ -300,32 +380,37 @@ def run_trial(
             )
             records = _records(client, per_terminal, now, rng)
             amounts.update({r.record.key: r.record.amount for r in records})
-            clients.append(client)
-            work.append((client, records, 1 if index % 2 == 0 else 100))
+            work.append((client, records, 1 if index % 2 == 0 else batch))
 
         acknowledged: set[tuple[str, int]] = set()
         errors: list[str] = []
         lock, stop = threading.Lock(), threading.Event()
-        health = f"http://127.0.0.1:{port}/health"
-        moments = sorted(rng.randrange(records_per_trial) for _ in range(kills))
-        killer = threading.Thread(
-            target=_killer,
-            args=(service, health, lambda: len(acknowledged), stop, rng, moments),
+        flow = Flow(
+            devnet=node,
+            w3=w3,
+            deployment=deployment,
+            service=service,
+            health=f"http://127.0.0.1:{port}/health",
+            rng=rng,
+            records=records_per_trial,
+            acknowledged=acknowledged,
+            stop=stop,
         )
+        disruption = threading.Thread(target=disrupt, args=(flow,))
         uploaders = [
             threading.Thread(
                 target=_upload,
-                args=(client, records, batch, acknowledged, errors, lock),
+                args=(client, records, size, acknowledged, errors, lock, pace),
             )
-            for client, records, batch in work
+            for client, records, size in work
         ]
-        killer.start()
+        disruption.start()
         for thread in uploaders:
             thread.start()
         for thread in uploaders:
             thread.join()
         stop.set()
-        killer.join()
+        disruption.join()
         try:
             _wait_settled(workdir / "posaudit.db", timeout=300)
         finally:

@@ -142,6 +142,25 @@ def test_blocks_the_node_lost_are_put_on_chain_again(world, outbox):
     assert_settled_once(world, path, records)
 
 
+def test_settlement_the_node_lost_is_audited_again(world, outbox):
+    """A rollback that keeps a block but not its audit: the block is settled again."""
+    path, records = outbox
+    credit = world.credit()
+    store, bookkeeper = restart(world, path)
+    appended = bookkeeper.append_next(3)
+    snapshot = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    bookkeeper.audit(appended.block_hash, appended)
+    world.w3.provider.make_request("evm_revert", [snapshot])
+
+    found = bookkeeper.reconcile()
+    store.close()
+
+    assert found.returned_to_outbox == 0
+    assert found.blocks_audited == 1
+    assert world.credit() - credit == 10 + 11 + 12
+    assert_settled_once(world, path, records)
+
+
 def test_reconcile_of_a_clean_store_changes_nothing(world, outbox):
     path, _ = outbox
     store, bookkeeper = restart(world, path)
