@@ -17,6 +17,7 @@ from posaudit.records import (
     encode_record,
     holds_digest,
     releases_digest,
+    settlement_digest,
 )
 from posaudit.rules import StatusCode
 from posaudit.signing import generate_key, public_numbers
@@ -92,6 +93,25 @@ def total(ledger: Any, payers: list[str], merchants: Sequence[Any]) -> int:
 
 
 class TestBlockAudit:
+    def test_stored_settlement_digest_is_the_python_one(
+        self, ledger, settle_block, make_record, payers
+    ):
+        """The digest the Ledger stores is rebuilt off chain from the holds of the
+        approved records and the releases of the HoldPlaced events."""
+        block = settle_block(
+            [make_record(amount=5, payer=payers[0]), make_record(amount=999_999)]
+        )
+
+        stored = ledger.blockOf(block.block_hash).settlementDigest
+
+        merchant = block.records[0].record.merchant
+        assert [(shop.lower(), amount) for shop, amount in block.releases] == [
+            (merchant, 5)
+        ]
+        assert bytes(stored) == settlement_digest(
+            holds_digest(block.holds), releases_digest(block.releases)
+        )
+
     def test_audit_moves_exactly_the_held_amounts_to_merchants(
         self, audit, ledger, settle_block, make_record, payers, merchant, other_merchant
     ):
