@@ -54,6 +54,9 @@ APPEND_GAS_PER_RECORD = 80_000
 APPEND_GAS_PER_BLOCK = 250_000
 AUDIT_GAS_PER_RECORD = 40_000
 AUDIT_GAS_PER_BLOCK = 150_000
+# Seconds the bookkeeper goes on the chain's time as last read, moved on by its own
+# clock, before it asks the node again.
+CHAIN_TIME_TTL = 1.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,10 @@ class Bookkeeper:
         # The head after this bookkeeper's last block: the next one links to it
         # without asking the Ledger. Forgotten on any failure.
         self._tip: Tip | None = None
+        # The chain block that last block landed in, and the chain's time as last
+        # read (time.monotonic() then): see _chain_now.
+        self._landed_in: int | None = None
+        self._chain_time: tuple[int, float] | None = None
 
     @property
     def gas_cap(self) -> int:
@@ -252,7 +259,7 @@ class Bookkeeper:
             return None
 
         records = tuple(stored.signed for stored in pending)
-        from_block, now = self.ledger.chain_head()
+        from_block, now = self._chain_now()
         tip = self._tip if after is None else Tip.after(after.header)
         header = self.ledger.build_block(records, tip, now)
         ids = [signed.record.record_id for signed in records]
@@ -284,6 +291,21 @@ class Bookkeeper:
             ChainError: It reverted; the submission is dropped and the records wait
                 for the next block (after an out-of-gas, a block of half the size).
         """
+        appended = self.confirm(sent)
+        self.keep(appended, sent)
+        return appended
+
+    def confirm(self, sent: SentBlock) -> AppendResult:
+        """Wait for a sent block and read its outcome; :meth:`keep` stores it.
+
+        Once it returns, the block is the head and the next block may be sent; its
+        submission stays in the store until :meth:`keep`, so a crash in between is
+        put right by :meth:`reconcile`.
+
+        Raises:
+            ChainError: It reverted; the submission is dropped and the records wait
+                for the next block (after an out-of-gas, a block of half the size).
+        """
         self._tip = None
         try:
             appended = self.ledger.block_result(
@@ -297,13 +319,37 @@ class Bookkeeper:
 
         self._size_cap = None
         self._tip = Tip.after(sent.header)
-        self._save(appended, sent.records)
+        self._landed_in = appended.block_number
         return appended
+
+    def keep(self, appended: AppendResult, sent: SentBlock) -> None:
+        """Store a confirmed block with every record's outcome and proof, and close
+        its submission."""
+        self._save(appended, sent.records)
 
     def discard(self, block: PreparedBlock) -> None:
         """Forget a block that will never be on chain; its records stay in the
         outbox."""
         self.store.drop_submission(block.header.block_hash)
+
+    def _chain_now(self) -> tuple[int, int]:
+        """A chain block to search the next block from, and the chain's time now.
+
+        The block is the one this bookkeeper's last block landed in, which no later
+        block can precede. The time is read from the node at most once a
+        ``CHAIN_TIME_TTL`` and moved on by the local clock in between: asking before
+        every block cost the bookkeeper a request on its critical path, and a
+        header only needs a time between its parent's and the chain's plus 300 s.
+        """
+        moment = time.monotonic()
+        read = self._chain_time
+        if read is None or moment - read[1] > CHAIN_TIME_TTL or self._landed_in is None:
+            number, timestamp = self.ledger.chain_head()
+            self._chain_time = (timestamp, moment)
+            from_block = number if self._landed_in is None else self._landed_in
+            return from_block, timestamp
+
+        return self._landed_in, read[0] + int(moment - read[1])
 
     def _shrink(self, size: int) -> None:
         if size == 1:
@@ -324,6 +370,8 @@ class Bookkeeper:
         settlement the node no longer has although it kept the block.
         """
         self._tip = None
+        self._landed_in = None
+        self._chain_time = None
         self.ledger.sender.resync()
         self.audit_client.sender.resync()
         returned = self._return_lost_blocks()

@@ -262,29 +262,24 @@ class BookkeeperLoop:
             )
             worker.start()
 
-        ready: PreparedBlock | None = None
+        mining: SentBlock | None = None
         while not stop.is_set():
             if self.auditor is not None and self.auditor.reconcile_due.is_set():
                 self._failed = True
-            if ready is not None and self._failed:
-                # Built on what the store held before the audit worker's failure.
-                self._discard(ready)
-                ready = None
-            if ready is None and self._failed:
+            if mining is not None:
+                # A failure since it was sent: finish it alone, then reconcile.
+                mining = self._advance(mining, build_next=not self._failed)
+                continue
+            if self._failed:
                 self._failed = self._reconcile() is None
-            if ready is None and not self._failed:
-                ready = self._guarded(lambda: self._next_block(None))
-            if ready is None:
+            if not self._failed:
+                mining = self._guarded(self._send_next)
+            if mining is None:
                 # Wake at the oldest record's flush timeout rather than up to one
                 # idle period after it: that wait is part of every latency. A node
                 # that failed is asked again a whole idle period later, not at once.
                 stop.wait(self.idle if self._failed else min(self.idle, self._due_in))
-                continue
 
-            ready = self._advance(ready)
-
-        if ready is not None:
-            self.bookkeeper.discard(ready)
         if worker is not None:
             worker.join()
 
@@ -294,31 +289,53 @@ class BookkeeperLoop:
         Returns:
             Whether a block was put on chain.
         """
-        ready = self._guarded(lambda: self._next_block(None))
-        if ready is None:
+        sent = self._guarded(self._send_next)
+        if sent is None:
             return False
 
-        sent = self._guarded(lambda: self.bookkeeper.send(ready))
-        return sent is not None and self._finish(sent) is not None
+        blocks = self.stats.blocks
+        self._advance(sent, build_next=False)
+        return self.stats.blocks > blocks
 
-    def _advance(self, ready: PreparedBlock) -> PreparedBlock | None:
-        """Send ``ready``, build the block after it while it is mined, finish it.
-
-        Returns:
-            The block after it, built and not sent; None if none was due or the
-            chain refused ``ready`` (the block after would link to it).
-        """
-        sent = self._guarded(lambda: self.bookkeeper.send(ready))
-        if sent is None:
+    def _send_next(self) -> SentBlock | None:
+        """Build the block the policy wants now, if any, and send it."""
+        ready = self._next_block(None)
+        if ready is None:
             return None
 
-        following = self._guarded(lambda: self._next_block(sent))
-        if self._finish(sent) is None:
+        return self._send(ready)
+
+    def _send(self, ready: PreparedBlock) -> SentBlock:
+        try:
+            return self.bookkeeper.send(ready)
+        except BaseException:
+            self._congested.pop(ready.header.block_hash, None)
+            raise
+
+    def _advance(self, mining: SentBlock, build_next: bool = True) -> SentBlock | None:
+        """See ``mining`` on chain and send the block after it, which is built while
+        ``mining`` is mined and sent the moment it is on chain; then store
+        ``mining`` and hand it to the audit while that one is mined.
+
+        Returns:
+            The block after it, sent; None if none was due, or the chain refused
+            ``mining`` (the block after would link to it) or the one after.
+        """
+        following = (
+            self._guarded(lambda: self._next_block(mining)) if build_next else None
+        )
+        appended = self._guarded(lambda: self.bookkeeper.confirm(mining))
+        if appended is None:
+            self._congested.pop(mining.header.block_hash, None)
             if following is not None:
                 self._discard(following)
             return None
 
-        return following
+        sent = (
+            None if following is None else self._guarded(lambda: self._send(following))
+        )
+        self._settle(appended, mining)
+        return sent
 
     def _discard(self, prepared: PreparedBlock) -> None:
         """Forget a block built and not sent; its records stay in the outbox."""
@@ -358,19 +375,16 @@ class BookkeeperLoop:
             self._congested[prepared.header.block_hash] = congested
         return prepared
 
-    def _finish(self, sent: SentBlock) -> AppendResult | None:
-        appended = self._guarded(lambda: self.bookkeeper.finish(sent))
-        if appended is None:
-            self._congested.pop(sent.header.block_hash, None)
-            return None
-
+    def _settle(self, appended: AppendResult, sent: SentBlock) -> None:
+        """Store a block on chain and audit it: on the worker's thread if there is
+        one."""
+        self.bookkeeper.keep(appended, sent)
         if self.auditor is not None:
             self.auditor.submit(appended)
         else:
             self._guarded(lambda: self.bookkeeper.audit(appended.block_hash, appended))
         congested = self._congested.pop(appended.block_hash, False)
         self._count(appended.header.record_count, congested)
-        return appended
 
     def _guarded(self, work: Callable[[], T]) -> T | None:
         """``work()``, or None when the node failed or refused.
